@@ -1,0 +1,282 @@
+//! `mcpsm proxy`: what an MCP client launches instead of the server.
+//!
+//! Reads newline-delimited JSON-RPC from stdin on a thread of its own, hands each message to
+//! the [`Upstream`] session, and writes what the daemon sends to stdout from another thread,
+//! one message per line. SIGINT is ignored (clients send it spuriously, sometimes to every
+//! server at once); stdin EOF, SIGTERM and SIGHUP end the session (DELETE, at most 0.5 s) and
+//! exit 0; a closed stdout exits at once. A malformed line is answered with a `-32700` error and
+//! the proxy goes on. A daemon that cannot be used answers every request with an error that
+//! says which daemon, what failed and what to do.
+
+use std::io::{BufReader, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+use url::Url;
+
+use crate::cli::ProxyArgs;
+use crate::config::{Registry, TransportKind};
+use crate::jsonrpc::{Kind, Message, PARSE_ERROR, UPSTREAM_ERROR};
+use crate::paths::Paths;
+use crate::transport::stdio::{Line, LineReader};
+use crate::transport::{Options, Upstream};
+
+/// How long requests still in flight at stdin EOF may take to finish.
+const EOF_GRACE: Duration = Duration::from_secs(5);
+/// Bound on the best-effort DELETE at exit.
+const DELETE_LIMIT: Duration = Duration::from_millis(500);
+
+/// What the stdin thread hands over.
+enum Input {
+    Messages(Vec<Message>),
+    /// An error response to write back (malformed or oversized line).
+    Reply(Message),
+}
+
+/// Where requests go: a daemon, or nowhere with a reason (a registry problem, say).
+enum Backend {
+    Upstream(Arc<Upstream>),
+    Unusable(String),
+}
+
+pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    ignore_sigint();
+    exit_with_parent();
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+
+    let (out_tx, out_rx) = mpsc::channel::<Bytes>(1024);
+    let writer = spawn_stdout_writer(out_rx);
+    let (in_tx, in_rx) = mpsc::channel::<Input>(64);
+    spawn_stdin_reader(in_tx, args.max_message_bytes);
+
+    let shutdown = CancellationToken::new();
+    let backend = match resolve(&args, registry) {
+        Ok(options) => match Upstream::new(options, out_tx.clone(), shutdown.clone()) {
+            Ok(upstream) => Backend::Upstream(upstream),
+            Err(e) => Backend::Unusable(format!("mcpsm cannot build its HTTP client: {e}")),
+        },
+        Err(e) => {
+            let text = format!("{e:#}");
+            error!("{text}");
+            Backend::Unusable(text)
+        }
+    };
+
+    // Signals are watched beside the loop, so a slow `initialize` cannot delay an exit.
+    tokio::select! {
+        () = relay(in_rx, &backend, &out_tx) => debug!("stdin closed"),
+        _ = sigterm.recv() => debug!("SIGTERM"),
+        _ = sighup.recv() => debug!("SIGHUP"),
+    }
+    if let Backend::Upstream(upstream) = &backend {
+        upstream.close(DELETE_LIMIT).await;
+    }
+    // Tasks still in flight hold senders too: an empty message tells the writer to flush
+    // everything queued before it and stop.
+    let _ = out_tx.send(Bytes::new()).await;
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Moves stdin messages to the backend until stdin ends, then lets requests in flight finish.
+async fn relay(mut input: mpsc::Receiver<Input>, backend: &Backend, out: &mpsc::Sender<Bytes>) {
+    while let Some(item) = input.recv().await {
+        match item {
+            Input::Reply(reply) => {
+                let _ = out.send(reply.bytes().clone()).await;
+            }
+            Input::Messages(messages) => {
+                for message in messages {
+                    match backend {
+                        Backend::Upstream(upstream) => upstream.send(message).await,
+                        Backend::Unusable(why) => refuse(&message, why, out).await,
+                    }
+                }
+            }
+        }
+    }
+    if let Backend::Upstream(upstream) = backend {
+        upstream.wait_idle(EOF_GRACE).await;
+    }
+}
+
+async fn refuse(message: &Message, why: &str, out: &mpsc::Sender<Bytes>) {
+    if message.kind() == Kind::Request {
+        let error = Message::error(message.id(), UPSTREAM_ERROR, why, None);
+        let _ = out.send(error.bytes().clone()).await;
+    }
+}
+
+/// Turns the arguments (and the registry, for `--target`) into transport options.
+fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<Options> {
+    let mut headers = HeaderMap::new();
+    let (url, transport, label, unreachable_hint, failure_hint) = match (&args.target, &args.url)
+    {
+        (Some(name), _) => {
+            let (path, explicit) = match registry {
+                Some(path) => (path, true),
+                None => (Paths::from_env()?.default_registry(), false),
+            };
+            let registry = Registry::load(&path, explicit)?;
+            let daemon = registry.daemon(name)?;
+            for (key, value) in &daemon.headers {
+                headers.append(HeaderName::from_bytes(key.as_bytes())?, HeaderValue::from_str(value)?);
+            }
+            let label = format!("daemon \"{name}\" ({})", daemon.url);
+            let unreachable_hint = match &daemon.launch {
+                Some(launch) => format!(
+                    "the daemon is not running; start it (`{}` with port {}), as defined at {}",
+                    std::iter::once(launch.command.as_str())
+                        .chain(launch.args.iter().map(String::as_str))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    launch.port,
+                    daemon.defined_at
+                ),
+                None => format!(
+                    "check that the server at {} is up and reachable (defined at {})",
+                    daemon.url, daemon.defined_at
+                ),
+            };
+            let failure_hint = format!("check the output of daemon \"{name}\" (defined at {})", daemon.defined_at);
+            (daemon.url, daemon.transport, label, unreachable_hint, failure_hint)
+        }
+        (None, Some(url)) => {
+            let url = Url::parse(url).with_context(|| format!("--url `{url}` is not a valid URL"))?;
+            let unreachable_hint = format!("check that an MCP server is listening at {url}");
+            let failure_hint = format!("check the logs of the server at {url}");
+            (url.clone(), TransportKind::Auto, url.to_string(), unreachable_hint, failure_hint)
+        }
+        (None, None) => anyhow::bail!("give --target NAME or --url URL"),
+    };
+    if !matches!(url.scheme(), "http" | "https") {
+        anyhow::bail!("{label}: only http:// and https:// URLs are supported, got `{url}`");
+    }
+    for header in &args.headers {
+        let (key, value) = header
+            .split_once(':')
+            .with_context(|| format!("--header `{header}` is not of the form 'Name: value'"))?;
+        let name = HeaderName::from_bytes(key.trim().as_bytes())
+            .with_context(|| format!("--header `{header}`: `{}` is not a valid header name", key.trim()))?;
+        let value = HeaderValue::from_str(value.trim())
+            .with_context(|| format!("--header `{header}`: the value is not a valid header value"))?;
+        headers.insert(name, value);
+    }
+    Ok(Options {
+        url,
+        transport: args.transport.unwrap_or(transport),
+        headers,
+        label,
+        unreachable_hint,
+        failure_hint,
+        max_message_bytes: args.max_message_bytes,
+    })
+}
+
+/// Reads and parses stdin on its own thread, so the async side only routes.
+fn spawn_stdin_reader(tx: mpsc::Sender<Input>, max_bytes: usize) {
+    let spawned = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let stdin = BufReader::with_capacity(256 * 1024, std::io::stdin());
+            let mut lines = LineReader::new(stdin, max_bytes);
+            loop {
+                let input = match lines.next_line() {
+                    Ok(Some(Line::Message(bytes))) => match Message::parse_many(bytes) {
+                        Ok(messages) => Input::Messages(messages),
+                        Err(e) => Input::Reply(Message::error(
+                            None,
+                            PARSE_ERROR,
+                            &format!("Parse error: {e}. mcpsm skipped this line; send one JSON-RPC message per line"),
+                            None,
+                        )),
+                    },
+                    Ok(Some(Line::TooLong { bytes })) => Input::Reply(Message::error(
+                        None,
+                        PARSE_ERROR,
+                        &format!(
+                            "Parse error: a line of {bytes} bytes exceeds the limit of {max_bytes} bytes; mcpsm skipped it. hint: raise `mcpsm proxy --max-message-bytes`"
+                        ),
+                        None,
+                    )),
+                    Ok(None) => return,
+                    Err(e) => {
+                        warn!("reading stdin failed: {e}; treating it as end of input");
+                        return;
+                    }
+                };
+                if tx.blocking_send(input).is_err() {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        error!("cannot start the stdin thread: {e}");
+    }
+}
+
+/// Writes messages to stdout on its own thread, flushing whenever the queue runs dry, until an
+/// empty message (the end marker). A closed stdout (EPIPE) means the client is gone: exit at
+/// once.
+fn spawn_stdout_writer(mut rx: mpsc::Receiver<Bytes>) -> std::thread::JoinHandle<()> {
+    let mut write_all = move || -> std::io::Result<()> {
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+        while let Some(message) = rx.blocking_recv() {
+            let mut next = Some(message);
+            while let Some(message) = next {
+                if message.is_empty() {
+                    return out.flush();
+                }
+                out.write_all(&message)?;
+                out.write_all(b"\n")?;
+                next = rx.try_recv().ok();
+            }
+            out.flush()?;
+        }
+        out.flush()
+    };
+    let run = move || match write_all() {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            error!("writing to stdout failed: {e}");
+            std::process::exit(1);
+        }
+    };
+    match std::thread::Builder::new().name("stdout".into()).spawn(run) {
+        Ok(handle) => handle,
+        // Without a writer the proxy is useless; fail loudly rather than swallow output.
+        Err(e) => {
+            error!("cannot start the stdout thread: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Clients send SIGINT to their servers for many reasons; the proxy outlives all of them.
+fn ignore_sigint() {
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+}
+
+/// If the client dies without closing stdin, the kernel sends SIGTERM (Linux).
+fn exit_with_parent() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a process attribute.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+    }
+}

@@ -1,0 +1,730 @@
+//! The daemon registry: `daemons.toml`, its schema, defaults and validation.
+//!
+//! Loading checks the structure of the whole file (unknown keys, types, required keys) so a
+//! broken registry is reported at once with file, line and key. Expansion of `${VAR}`, `~` and
+//! `{port}` happens later, per daemon, in [`Registry::daemon`]: a variable that only one daemon
+//! needs must not stop every other daemon from starting.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use url::Url;
+
+use crate::paths;
+
+pub const DEFAULT_MANAGER_PORT: u16 = 3199;
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The registry used when `daemons.toml` does not exist.
+pub const EMBEDDED_DEFAULTS: &str = include_str!("defaults.toml");
+const EMBEDDED_NAME: &str = "<embedded defaults>";
+
+/// Which wire a daemon speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransportKind {
+    /// Streamable HTTP (2025-03-26 and later): one endpoint, POST + GET.
+    StreamableHttp,
+    /// Legacy HTTP+SSE (2024-11-05): GET an SSE stream, POST to its `endpoint`.
+    Sse,
+    /// Try streamable HTTP, fall back to legacy SSE on 400/404/405.
+    Auto,
+}
+
+impl TransportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::StreamableHttp => "streamable-http",
+            TransportKind::Sse => "sse",
+            TransportKind::Auto => "auto",
+        }
+    }
+
+    fn default_path(self) -> &'static str {
+        match self {
+            TransportKind::Sse => "/sse",
+            TransportKind::StreamableHttp | TransportKind::Auto => "/mcp",
+        }
+    }
+}
+
+impl std::str::FromStr for TransportKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "streamable-http" => Ok(TransportKind::StreamableHttp),
+            "sse" => Ok(TransportKind::Sse),
+            "auto" => Ok(TransportKind::Auto),
+            other => Err(format!(
+                "unknown transport `{other}`; expected streamable-http, sse or auto"
+            )),
+        }
+    }
+}
+
+/// A registry error, located in its file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {key}{message}{}", hint.as_ref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    /// `key: ` (with the dotted key path), or empty when no key applies.
+    pub key: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read the registry {}: {source}\nhint: check the path given by --registry or {}", path.display(), paths::REGISTRY_ENV)]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    #[serde(default)]
+    manager: Option<Spanned<RawManager>>,
+    #[serde(default)]
+    daemons: BTreeMap<Spanned<String>, Spanned<RawDaemon>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawManager {
+    port: Option<Spanned<u16>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDaemon {
+    command: Option<Spanned<String>>,
+    #[serde(default)]
+    args: Vec<Spanned<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, Spanned<String>>,
+    cwd: Option<Spanned<String>>,
+    port: Option<Spanned<u16>>,
+    transport: Option<Spanned<TransportKind>>,
+    path: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    #[serde(default)]
+    headers: BTreeMap<String, Spanned<String>>,
+    startup_timeout: Option<Spanned<DurationValue>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationValue {
+    Seconds(u64),
+    Text(String),
+}
+
+/// The registry, structurally valid; daemons are resolved on demand.
+pub struct Registry {
+    file: String,
+    source: String,
+    manager_port: u16,
+    daemons: BTreeMap<String, Spanned<RawDaemon>>,
+}
+
+/// How mcpsm starts a daemon it manages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub port: u16,
+}
+
+/// One daemon, fully resolved: variables expanded, URL built.
+#[derive(Debug, Clone)]
+pub struct DaemonSpec {
+    pub name: String,
+    /// `None` for daemons mcpsm does not start (`url = …`).
+    pub launch: Option<Launch>,
+    pub url: Url,
+    pub transport: TransportKind,
+    pub headers: Vec<(String, String)>,
+    pub startup_timeout: Duration,
+    /// `file:line` of the daemon's table, for messages.
+    pub defined_at: String,
+}
+
+impl Registry {
+    /// Loads `path`. A missing file at the default location means the embedded defaults; a
+    /// missing file that was asked for explicitly is an error.
+    pub fn load(path: &Path, explicit: bool) -> Result<Registry, LoadError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Registry::parse(&path.display().to_string(), text)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                Ok(Registry::embedded())
+            }
+            Err(source) => Err(LoadError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    pub fn embedded() -> Registry {
+        match Registry::parse(EMBEDDED_NAME, EMBEDDED_DEFAULTS.to_owned()) {
+            Ok(registry) => registry,
+            // A unit test parses the embedded file, so this is unreachable in a release.
+            Err(e) => panic!("embedded registry is invalid: {e}"),
+        }
+    }
+
+    pub fn parse(file: &str, source: String) -> Result<Registry, ConfigError> {
+        let raw: RawRegistry = match toml::from_str(&source) {
+            Ok(raw) => raw,
+            Err(e) => return Err(toml_error(file, &source, &e)),
+        };
+        let located = |span: Range<usize>, message: String, hint: Option<String>| {
+            locate_error(file, &source, span, message, hint)
+        };
+        let manager_port = match raw.manager.as_ref().and_then(|m| m.get_ref().port.as_ref()) {
+            Some(port) if *port.get_ref() == 0 => {
+                return Err(located(
+                    port.span(),
+                    "the manager port must be 1-65535".into(),
+                    None,
+                ))
+            }
+            Some(port) => *port.get_ref(),
+            None => DEFAULT_MANAGER_PORT,
+        };
+        let mut daemons = BTreeMap::new();
+        for (name, daemon) in raw.daemons {
+            validate_daemon(&name, &daemon, &located)?;
+            daemons.insert(name.into_inner(), daemon);
+        }
+        Ok(Registry {
+            file: file.to_owned(),
+            source,
+            manager_port,
+            daemons,
+        })
+    }
+
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    pub fn manager_port(&self) -> u16 {
+        self.manager_port
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.daemons.keys().map(String::as_str)
+    }
+
+    /// Resolves daemon `name`: expands variables, builds its URL.
+    pub fn daemon(&self, name: &str) -> Result<DaemonSpec, ConfigError> {
+        let Some(daemon) = self.daemons.get(name) else {
+            let known: Vec<&str> = self.names().collect();
+            let hint = match closest(name, known.iter().copied()) {
+                Some(close) => format!("did you mean `{close}`?"),
+                None if known.is_empty() => "the registry defines no daemons; add a [daemons.NAME] table".into(),
+                None => format!("known daemons: {}", known.join(", ")),
+            };
+            return Err(ConfigError {
+                file: self.file.clone(),
+                line: 1,
+                key: String::new(),
+                message: format!("no daemon named `{name}` in the registry"),
+                hint: Some(hint),
+            });
+        };
+        let located = |span: Range<usize>, message: String| {
+            locate_error(&self.file, &self.source, span, message, None)
+        };
+        let expand = |value: &Spanned<String>| {
+            expand(value.get_ref()).map_err(|message| located(value.span(), message))
+        };
+        let body = daemon.get_ref();
+        let transport = body
+            .transport
+            .as_ref()
+            .map(|t| *t.get_ref())
+            .unwrap_or(if body.url.is_some() {
+                TransportKind::Auto
+            } else {
+                TransportKind::StreamableHttp
+            });
+        let startup_timeout = match &body.startup_timeout {
+            None => DEFAULT_STARTUP_TIMEOUT,
+            Some(value) => parse_duration(value.get_ref()).map_err(|m| located(value.span(), m))?,
+        };
+        let mut headers = Vec::new();
+        for (key, value) in &body.headers {
+            let expanded = expand(value)?;
+            if reqwest::header::HeaderName::from_bytes(key.as_bytes()).is_err() {
+                return Err(located(value.span(), format!("`{key}` is not a valid HTTP header name")));
+            }
+            if reqwest::header::HeaderValue::from_str(&expanded).is_err() {
+                return Err(located(
+                    value.span(),
+                    format!("the value of header `{key}` is not a valid HTTP header value"),
+                ));
+            }
+            headers.push((key.clone(), expanded));
+        }
+        let (launch, url) = match (&body.command, &body.url) {
+            (_, Some(url)) => {
+                let text = expand(url)?;
+                let url = Url::parse(&text)
+                    .map_err(|e| located(url.span(), format!("`{text}` is not a valid URL: {e}")))?;
+                (None, url)
+            }
+            (Some(command), None) => {
+                // validate_daemon guarantees a port for daemons with a command
+                let port = body.port.as_ref().map_or(0, |p| *p.get_ref());
+                let port_text = port.to_string();
+                let with_port = |value: &Spanned<String>| {
+                    expand(value).map(|v| v.replace("{port}", &port_text))
+                };
+                let args = body.args.iter().map(with_port).collect::<Result<_, _>>()?;
+                let env = body
+                    .env
+                    .iter()
+                    .map(|(k, v)| with_port(v).map(|v| (k.clone(), v)))
+                    .collect::<Result<_, _>>()?;
+                let cwd = body.cwd.as_ref().map(expand).transpose()?.map(PathBuf::from);
+                let path = body
+                    .path
+                    .as_ref()
+                    .map_or(transport.default_path(), |p| p.get_ref().as_str());
+                let url = Url::parse(&format!("http://127.0.0.1:{port}{path}")).map_err(|e| {
+                    located(daemon.span(), format!("cannot build the daemon URL: {e}"))
+                })?;
+                let launch = Launch {
+                    command: expand(command)?,
+                    args,
+                    env,
+                    cwd,
+                    port,
+                };
+                (Some(launch), url)
+            }
+            (None, None) => unreachable!("validate_daemon requires command or url"),
+        };
+        Ok(DaemonSpec {
+            name: name.to_owned(),
+            launch,
+            url,
+            transport,
+            headers,
+            startup_timeout,
+            defined_at: format!("{}:{}", self.file, line_of(&self.source, daemon.span().start)),
+        })
+    }
+}
+
+fn validate_daemon(
+    name: &Spanned<String>,
+    daemon: &Spanned<RawDaemon>,
+    located: &impl Fn(Range<usize>, String, Option<String>) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let valid_name = !name.get_ref().is_empty()
+        && !name.get_ref().starts_with('.')
+        && name
+            .get_ref()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid_name {
+        return Err(located(
+            name.span(),
+            format!(
+                "`{}` is not a valid daemon name: use letters, digits, `-`, `_` and `.`",
+                name.get_ref()
+            ),
+            None,
+        ));
+    }
+    let body = daemon.get_ref();
+    match (&body.command, &body.url) {
+        (Some(_), Some(url)) => {
+            return Err(located(
+                url.span(),
+                "a daemon has either `command` (mcpsm starts it) or `url` (it runs elsewhere), not both".into(),
+                Some("to start it with mcpsm, remove `url` and set `port` (and `path`)".into()),
+            ))
+        }
+        (None, None) => {
+            return Err(located(
+                daemon.span(),
+                format!("daemon `{}` needs `command` or `url`", name.get_ref()),
+                Some("`command` + `port` for a server mcpsm starts, `url` for one that runs elsewhere".into()),
+            ))
+        }
+        (Some(command), None) => {
+            if command.get_ref().trim().is_empty() {
+                return Err(located(command.span(), "`command` is empty".into(), None));
+            }
+            match &body.port {
+                None => {
+                    return Err(located(
+                        daemon.span(),
+                        format!("daemon `{}` has a `command` but no `port`", name.get_ref()),
+                        Some("add `port = N` (a free local port) and pass it to the server, e.g. with `{port}` in args or env".into()),
+                    ))
+                }
+                Some(port) if *port.get_ref() == 0 => {
+                    return Err(located(port.span(), "`port` must be 1-65535".into(), None))
+                }
+                Some(_) => {}
+            }
+            if let Some(path) = &body.path {
+                if !path.get_ref().starts_with('/') {
+                    return Err(located(
+                        path.span(),
+                        format!("`path` must start with `/`, got `{}`", path.get_ref()),
+                        None,
+                    ));
+                }
+            }
+        }
+        (None, Some(_)) => {
+            let only_with_command = [
+                ("args", body.args.first().map(Spanned::span)),
+                ("env", body.env.values().next().map(Spanned::span)),
+                ("cwd", body.cwd.as_ref().map(Spanned::span)),
+                ("port", body.port.as_ref().map(Spanned::span)),
+                ("path", body.path.as_ref().map(Spanned::span)),
+            ];
+            if let Some((key, Some(span))) = only_with_command.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(located(
+                    span,
+                    format!("`{key}` applies only to daemons mcpsm starts (with `command`); this one has `url`"),
+                    Some("put the full endpoint in `url`, or replace `url` with `command` + `port`".into()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Expands `${VAR}`, `${VAR:-default}`, `$$` (a literal `$`) and a leading `~` / `~/`.
+fn expand(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let rest = if value == "~" || value.starts_with("~/") {
+        let home = paths::user_home().ok_or_else(|| {
+            format!("`{value}` starts with `~` but HOME is not set")
+        })?;
+        out.push_str(&home.to_string_lossy());
+        &value[1..]
+    } else {
+        value
+    };
+    let mut chars = rest.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c != '$' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek() {
+            Some((_, '$')) => {
+                chars.next();
+                out.push('$');
+            }
+            Some((_, '{')) => {
+                let start = i + 2;
+                let Some(len) = rest[start..].find('}') else {
+                    return Err(format!("unclosed `${{` in `{value}`"));
+                };
+                let inner = &rest[start..start + len];
+                let (name, default) = match inner.split_once(":-") {
+                    Some((name, default)) => (name, Some(default)),
+                    None => (inner, None),
+                };
+                if name.is_empty()
+                    || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
+                    return Err(format!("`${{{inner}}}` is not a valid variable reference"));
+                }
+                match (std::env::var(name), default) {
+                    (Ok(v), Some(default)) if v.is_empty() => out.push_str(default),
+                    (Ok(v), _) => out.push_str(&v),
+                    (Err(_), Some(default)) => out.push_str(default),
+                    (Err(_), None) => {
+                        return Err(format!(
+                            "environment variable `{name}` is not set\nhint: export {name}=… before starting mcpsm, or write `${{{name}:-default}}`"
+                        ))
+                    }
+                }
+                // skip the characters of `{...}`
+                while let Some((j, _)) = chars.next() {
+                    if j == start + len {
+                        break;
+                    }
+                }
+            }
+            _ => out.push('$'),
+        }
+    }
+    Ok(out)
+}
+
+fn parse_duration(value: &DurationValue) -> Result<Duration, String> {
+    let text = match value {
+        DurationValue::Seconds(s) => return Ok(Duration::from_secs(*s)),
+        DurationValue::Text(text) => text.trim(),
+    };
+    let digits = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration; write e.g. \"30s\", \"500ms\" or \"2m\""))?;
+    let seconds = match unit.trim() {
+        "ms" => number / 1000.0,
+        "s" | "" => number,
+        "m" => number * 60.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{text}`; use ms, s or m"
+            ))
+        }
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn line_of(source: &str, offset: usize) -> usize {
+    source.as_bytes()[..offset.min(source.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The dotted key path of the `key = …` line at `offset`, with the table it is in.
+fn key_path_at(source: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(source.len());
+    let line_start = source[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = source[offset..].find('\n').map_or(source.len(), |i| offset + i);
+    let line = source[line_start..line_end].trim();
+    let table = source[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    if line.starts_with('[') {
+        return Some(line.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    }
+    let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"'))?;
+    if key.is_empty() {
+        return None;
+    }
+    Some(match table {
+        Some(table) => format!("{table}.{key}"),
+        None => key.to_owned(),
+    })
+}
+
+fn locate_error(
+    file: &str,
+    source: &str,
+    span: Range<usize>,
+    message: String,
+    hint: Option<String>,
+) -> ConfigError {
+    // A message may carry its own hint after a newline.
+    let (message, hint) = match (message.split_once("\nhint: "), hint) {
+        (Some((m, h)), None) => (m.to_owned(), Some(h.to_owned())),
+        (_, hint) => (message, hint),
+    };
+    ConfigError {
+        file: file.to_owned(),
+        line: line_of(source, span.start),
+        key: key_path_at(source, span.start)
+            .map(|k| format!("{k}: "))
+            .unwrap_or_default(),
+        message,
+        hint,
+    }
+}
+
+fn toml_error(file: &str, source: &str, error: &toml::de::Error) -> ConfigError {
+    let message = error.message().trim().to_owned();
+    let span = error.span().unwrap_or(0..0);
+    let hint = unknown_name_hint(&message);
+    let mut located = locate_error(file, source, span, message, hint);
+    // serde's wording is "unknown field"; a TOML user thinks in keys.
+    located.message = located.message.replace("unknown field", "unknown key");
+    located
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`" (and "unknown variant"), suggests
+/// the closest valid name.
+fn unknown_name_hint(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))?;
+    let (unknown, expected) = rest.split_once('`')?;
+    let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    closest(unknown, valid.iter().copied())
+        .map(|c| format!("did you mean `{c}`?"))
+        .or_else(|| (!valid.is_empty()).then(|| format!("valid here: {}", valid.join(", "))))
+}
+
+/// The candidate most similar to `input`, if any is similar enough.
+pub fn closest<'a>(input: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (strsim::jaro_winkler(input, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Registry, ConfigError> {
+        Registry::parse("daemons.toml", text.to_owned())
+    }
+
+    fn error(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let registry = Registry::embedded();
+        assert_eq!(registry.manager_port(), DEFAULT_MANAGER_PORT);
+        for name in registry.names() {
+            registry.daemon(name).expect("embedded daemon resolves");
+        }
+    }
+
+    #[test]
+    fn a_full_daemon_resolves() {
+        std::env::set_var("MCPSM_TEST_TOKEN", "s3cret");
+        let registry = parse(
+            r#"
+[manager]
+port = 4000
+
+[daemons.memory]
+command = "node"
+args = ["server.js", "--port", "{port}"]
+env = { DB = "${MCPSM_TEST_TOKEN}/db", PORT = "{port}" }
+port = 3100
+transport = "sse"
+startup-timeout = "1500ms"
+
+[daemons.search]
+url = "https://mcp.example.com/mcp"
+headers = { Authorization = "Bearer ${MCPSM_TEST_TOKEN}" }
+"#,
+        )
+        .expect("valid");
+        assert_eq!(registry.manager_port(), 4000);
+        let memory = registry.daemon("memory").expect("resolves");
+        let launch = memory.launch.expect("managed");
+        assert_eq!(launch.args, ["server.js", "--port", "3100"]);
+        assert!(launch.env.contains(&("DB".into(), "s3cret/db".into())));
+        assert!(launch.env.contains(&("PORT".into(), "3100".into())));
+        assert_eq!(memory.url.as_str(), "http://127.0.0.1:3100/sse");
+        assert_eq!(memory.startup_timeout, Duration::from_millis(1500));
+        let search = registry.daemon("search").expect("resolves");
+        assert!(search.launch.is_none());
+        assert_eq!(search.transport, TransportKind::Auto);
+        assert_eq!(search.headers, [("Authorization".into(), "Bearer s3cret".into())]);
+    }
+
+    #[test]
+    fn unknown_key_names_line_key_and_suggestion() {
+        let message = error("[daemons.memory]\ncomand = \"node\"\nport = 1\n");
+        assert!(message.starts_with("daemons.toml:2: daemons.memory.comand: unknown key"), "{message}");
+        assert!(message.contains("did you mean `command`?"), "{message}");
+    }
+
+    #[test]
+    fn bad_transport_value_suggests_the_valid_one() {
+        let message = error("[daemons.a]\nurl = \"http://x/mcp\"\ntransport = \"streamable_http\"\n");
+        assert!(message.starts_with("daemons.toml:3: daemons.a.transport:"), "{message}");
+        assert!(message.contains("did you mean `streamable-http`?"), "{message}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let message = error("[manager]\nport = \"x\"\n");
+        assert!(message.starts_with("daemons.toml:2: manager.port:"), "{message}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let message = error("[daemons.a]\nurl = \"http://x\n");
+        assert!(message.starts_with("daemons.toml:2:"), "{message}");
+    }
+
+    #[test]
+    fn command_without_port_is_refused_with_a_hint() {
+        let message = error("[daemons.a]\ncommand = \"node\"\n");
+        assert!(message.contains("has a `command` but no `port`"), "{message}");
+        assert!(message.contains("hint: add `port = N`"), "{message}");
+    }
+
+    #[test]
+    fn url_daemons_refuse_launch_keys() {
+        let message = error("[daemons.a]\nurl = \"http://x/mcp\"\nport = 3\n");
+        assert!(message.starts_with("daemons.toml:3: daemons.a.port:"), "{message}");
+    }
+
+    #[test]
+    fn missing_variable_is_reported_at_resolve_time_only() {
+        let registry = parse(
+            "[daemons.a]\nurl = \"http://x/${MCPSM_TEST_SURELY_UNSET}\"\n[daemons.b]\nurl = \"http://y/mcp\"\n",
+        )
+        .expect("structure is valid");
+        assert!(registry.daemon("b").is_ok());
+        let message = registry.daemon("a").expect_err("unset variable").to_string();
+        assert!(message.contains("daemons.toml:2: daemons.a.url:"), "{message}");
+        assert!(message.contains("MCPSM_TEST_SURELY_UNSET"), "{message}");
+    }
+
+    #[test]
+    fn unknown_daemon_suggests_a_close_name() {
+        let registry = parse("[daemons.memory]\nurl = \"http://x/mcp\"\n").expect("valid");
+        let message = registry.daemon("memroy").expect_err("unknown").to_string();
+        assert!(message.contains("did you mean `memory`?"), "{message}");
+    }
+
+    #[test]
+    fn expansion_rules() {
+        std::env::set_var("MCPSM_TEST_X", "x");
+        let home = std::env::var("HOME").expect("HOME is set for tests");
+        assert_eq!(expand("a${MCPSM_TEST_X}b").as_deref(), Ok("axb"));
+        assert_eq!(expand("${MCPSM_TEST_UNSET_Y:-dflt}").as_deref(), Ok("dflt"));
+        assert_eq!(expand("$$HOME $5").as_deref(), Ok("$HOME $5"));
+        assert_eq!(expand("~/x"), Ok(format!("{home}/x")));
+        assert_eq!(expand("a~b").as_deref(), Ok("a~b"));
+        assert!(expand("${unclosed").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        let d = |t: &str| parse_duration(&DurationValue::Text(t.into()));
+        assert_eq!(d("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(d("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(d("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration(&DurationValue::Seconds(5)), Ok(Duration::from_secs(5)));
+        assert!(d("soon").is_err());
+        assert!(d("3h").is_err());
+    }
+}

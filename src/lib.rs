@@ -1,0 +1,31 @@
+//! mcpsm — MCP session manager.
+//!
+//! MCP clients start every MCP server as a child process over stdio, one copy per session.
+//! mcpsm runs one daemon per server instead, shared by every session, and gives each session a
+//! tiny stdio proxy that bridges to the daemon over HTTP:
+//!
+//! ```text
+//!   MCP client A (stdio)            MCP client B (stdio)
+//!         │                               │
+//!   mcpsm proxy --target memory     mcpsm proxy --target memory      one per client session
+//!         │                               │
+//!         ▼                               ▼
+//!       ════ daemon "memory" (HTTP on 127.0.0.1:3100) ════           one per MCP server
+//!            streamable HTTP | legacy SSE
+//! ```
+//!
+//! Modules, top to bottom (dependencies point down):
+//! - [`cli`]: the clap types, nothing else.
+//! - [`cmd`]: one module per subcommand; `proxy` is the stdio bridge.
+//! - [`transport`]: one client session with a daemon over streamable HTTP or legacy SSE,
+//!   plus stdio framing and SSE decoding.
+//! - [`config`]: the TOML daemon registry, its defaults and validation.
+//! - [`jsonrpc`]: the message envelope: exact bytes plus id and method.
+//! - [`paths`]: where mcpsm keeps its files.
+
+pub mod cli;
+pub mod cmd;
+pub mod config;
+pub mod jsonrpc;
+pub mod paths;
+pub mod transport;

@@ -1,0 +1,54 @@
+//! Every file location mcpsm uses, derived from one directory.
+//!
+//! `MCPSM_HOME` (default `~/.mcp-session-manager`) holds all state. `$HOME` is the one variable
+//! every MCP client passes to the servers it spawns, so state is never located through
+//! `XDG_RUNTIME_DIR`, `TMPDIR` or the working directory (clients strip those or run from `/`).
+
+use std::path::{Path, PathBuf};
+
+pub const HOME_ENV: &str = "MCPSM_HOME";
+pub const REGISTRY_ENV: &str = "MCPSM_REGISTRY";
+const DEFAULT_DIR: &str = ".mcp-session-manager";
+
+#[derive(Debug, Clone)]
+pub struct Paths {
+    home: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot locate the mcpsm home directory: neither {HOME_ENV} nor HOME is set\n\
+     hint: set {HOME_ENV}=/path/to/state (or HOME) in the environment that starts mcpsm"
+)]
+pub struct NoHome;
+
+impl Paths {
+    /// `MCPSM_HOME`, else `$HOME/.mcp-session-manager`.
+    pub fn from_env() -> Result<Paths, NoHome> {
+        if let Some(dir) = std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
+            return Ok(Paths {
+                home: PathBuf::from(dir),
+            });
+        }
+        let home = user_home().ok_or(NoHome)?;
+        Ok(Paths {
+            home: home.join(DEFAULT_DIR),
+        })
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The registry at its default place (`--registry`/`MCPSM_REGISTRY` override it).
+    pub fn default_registry(&self) -> PathBuf {
+        self.home.join("daemons.toml")
+    }
+}
+
+/// `$HOME`, if set and not empty.
+pub fn user_home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}

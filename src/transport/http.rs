@@ -1,0 +1,167 @@
+//! HTTP pieces shared by the streamable and legacy clients: the client itself, bounded bodies,
+//! and an SSE event stream over a response body.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use reqwest::header::{HeaderValue, CONTENT_TYPE};
+use url::Url;
+
+use super::sse::{Decoder, Event, EventTooLarge};
+
+pub const ACCEPT_BOTH: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");
+pub const ACCEPT_SSE: HeaderValue = HeaderValue::from_static("text/event-stream");
+pub const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// Builds the HTTP client for one upstream. Loopback traffic never goes through a proxy from
+/// `HTTP_PROXY`; remote daemons honour it.
+pub fn client(url: &Url) -> Result<reqwest::Client, reqwest::Error> {
+    install_crypto_provider();
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(60));
+    if is_loopback(url) {
+        builder = builder.no_proxy();
+    }
+    builder.build()
+}
+
+/// reqwest is built without a default TLS provider (aws-lc is slow to build); use ring.
+fn install_crypto_provider() {
+    // Fails only if a provider is already installed, which is what we want anyway.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+pub fn is_event_stream(response: &reqwest::Response) -> bool {
+    content_type_is(response, "text/event-stream")
+}
+
+pub fn is_json(response: &reqwest::Response) -> bool {
+    content_type_is(response, "application/json")
+}
+
+fn content_type_is(response: &reqwest::Response, wanted: &str) -> bool {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(wanted))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the response body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+}
+
+/// Reads a whole body, refusing more than `limit` bytes.
+pub async fn read_body(response: reqwest::Response, limit: usize) -> Result<Bytes, BodyError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let mut stream = response.bytes_stream();
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        let have = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        if have + chunk.len() > limit {
+            return Err(BodyError::TooLarge { limit });
+        }
+        match &first {
+            None => first = Some(chunk),
+            Some(head) => {
+                if rest.is_empty() {
+                    rest.extend_from_slice(head);
+                }
+                rest.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Ok(if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        Bytes::from(rest)
+    })
+}
+
+/// A short, printable excerpt of an error body for messages.
+pub fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    let mut out: String = text.chars().take(300).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    TooLarge(#[from] EventTooLarge),
+    #[error("the event stream broke: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+type Body = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// The SSE events of one response body.
+pub struct EventStream {
+    body: Body,
+    decoder: Decoder,
+    queue: VecDeque<Event>,
+    scratch: Vec<Event>,
+}
+
+impl EventStream {
+    pub fn new(response: reqwest::Response, max_event_bytes: usize) -> EventStream {
+        EventStream {
+            body: Box::pin(response.bytes_stream()),
+            decoder: Decoder::new(max_event_bytes),
+            queue: VecDeque::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The next event with data; `Ok(None)` when the server ended the stream.
+    /// Cancel-safe: a chunk is decoded into the queue before anything is returned.
+    pub async fn next(&mut self) -> Result<Option<Event>, StreamError> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Ok(Some(event));
+            }
+            match self.body.next().await {
+                None => return Ok(None),
+                Some(chunk) => {
+                    self.decoder.feed(&chunk?, &mut self.scratch)?;
+                    self.queue.extend(self.scratch.drain(..));
+                }
+            }
+        }
+    }
+
+    pub fn last_event_id(&self) -> Option<&str> {
+        self.decoder.last_event_id()
+    }
+
+    pub fn retry(&self) -> Option<Duration> {
+        self.decoder.retry_ms().map(Duration::from_millis)
+    }
+}

@@ -1,0 +1,539 @@
+//! Streamable HTTP client (MCP 2025-03-26 and later, including sessionless 2026-07-28).
+//!
+//! Every message is its own POST, sent concurrently. A request's answer comes back as one JSON
+//! object or as an SSE stream that may carry server→client requests and notifications before
+//! the response. If that stream ends early and the server gave event ids, the client waits
+//! `retry` and resumes with GET + `Last-Event-ID`; the response is routed by id whichever
+//! stream brings it. After `notifications/initialized` a standalone GET stream carries
+//! server-initiated messages (405 = not offered, 409 = already open). `Mcp-Session-Id` and
+//! `MCP-Protocol-Version` go on every request after initialize; DELETE ends the session.
+//! 2026-07-28 requests (`_meta` names the protocol version) get `Mcp-Method`/`Mcp-Name`
+//! headers, and their cancellation closes the request's stream.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use reqwest::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use tracing::{debug, warn};
+
+use super::http::{self, EventStream, StreamError};
+use super::{Failure, Shared};
+use crate::jsonrpc::{method, Id, Kind, Message};
+
+const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+
+/// Wait before resuming a stream when the server named no `retry`.
+const DEFAULT_RETRY: Duration = Duration::from_secs(1);
+/// Resumptions in a row that bring nothing before a request is given up.
+const MAX_FRUITLESS_RESUMES: u32 = 3;
+/// Failures in a row before the standalone GET stream is given up.
+const MAX_GET_FAILURES: u32 = 8;
+/// Bound on error bodies read for messages.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+pub struct Session {
+    shared: Arc<Shared>,
+    session_id: RwLock<Option<HeaderValue>>,
+    protocol_version: RwLock<Option<HeaderValue>>,
+    initialize_id: Mutex<Option<Id>>,
+    get_stream_started: AtomicBool,
+    /// The client speaks 2026-07-28 (sessionless) MCP.
+    modern: AtomicBool,
+}
+
+pub enum Detected {
+    /// The daemon speaks streamable HTTP; the message was handled.
+    Streamable,
+    /// The daemon could not be reached; the failure was reported. Try again next message.
+    Undecided,
+    /// 400/404/405 without a JSON-RPC answer: try legacy SSE, else report this failure.
+    NotStreamable(Failure),
+}
+
+enum Pumped {
+    /// The response to the awaited request came.
+    Answered,
+    /// The stream ended (cleanly or not); `delivered` messages came through it.
+    Ended {
+        delivered: usize,
+        error: Option<StreamError>,
+    },
+    Cancelled,
+}
+
+impl Session {
+    pub fn new(shared: Arc<Shared>) -> Arc<Session> {
+        Arc::new(Session {
+            shared,
+            session_id: RwLock::new(None),
+            protocol_version: RwLock::new(None),
+            initialize_id: Mutex::new(None),
+            get_stream_started: AtomicBool::new(false),
+            modern: AtomicBool::new(false),
+        })
+    }
+
+    fn session_id(&self) -> Option<HeaderValue> {
+        self.session_id.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn request(&self, method: Method) -> reqwest::RequestBuilder {
+        let mut request = self
+            .shared
+            .http
+            .request(method, self.shared.options.url.clone())
+            .headers(self.shared.options.headers.clone());
+        if let Some(id) = self.session_id() {
+            request = request.header(SESSION_ID, id);
+        }
+        if let Some(version) = self
+            .protocol_version
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            request = request.header(PROTOCOL_VERSION, version);
+        }
+        request
+    }
+
+    async fn post(&self, message: &Message) -> Result<reqwest::Response, reqwest::Error> {
+        let is_initialize = message.is_request() && message.method() == Some(method::INITIALIZE);
+        if is_initialize {
+            *self.initialize_id.lock().unwrap_or_else(|e| e.into_inner()) = message.id().cloned();
+            // A new session: whatever was negotiated before does not apply.
+            *self.session_id.write().unwrap_or_else(|e| e.into_inner()) = None;
+            *self.protocol_version.write().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        let mut request = self
+            .request(Method::POST)
+            .header(CONTENT_TYPE, http::JSON)
+            .header(ACCEPT, http::ACCEPT_BOTH);
+        let negotiated = self
+            .protocol_version
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if message.is_request() && !is_initialize && !negotiated {
+            request = self.modern_headers(message, request);
+        }
+        request.body(message.bytes().clone()).send().await
+    }
+
+    /// 2026-07-28 requests carry their method and name in headers too.
+    fn modern_headers(
+        &self,
+        message: &Message,
+        mut request: reqwest::RequestBuilder,
+    ) -> reqwest::RequestBuilder {
+        let params = message.peek_params();
+        let Some(version) = params.meta.and_then(|m| m.protocol_version) else {
+            return request;
+        };
+        self.modern.store(true, Ordering::Relaxed);
+        let method = message.method().unwrap_or_default();
+        request = request
+            .header(PROTOCOL_VERSION, header_value(&version))
+            .header(MCP_METHOD, header_value(method));
+        let name = match method {
+            method::TOOLS_CALL | method::PROMPTS_GET => params.name,
+            method::RESOURCES_READ => params.uri,
+            _ => None,
+        };
+        if let Some(name) = name {
+            request = request.header(MCP_NAME, header_value(&name));
+        }
+        request
+    }
+
+    /// 2026-07-28: cancelling a request means closing its stream, not sending a notification.
+    pub fn cancel_by_closing(&self, message: &Message) -> bool {
+        if !self.modern.load(Ordering::Relaxed) {
+            return false;
+        }
+        match message.peek_params().request_id {
+            Some(id) => self.shared.cancel(&Id::from_json(id.get())),
+            None => false,
+        }
+    }
+
+    pub async fn send(self: &Arc<Self>, message: Message) {
+        match self.post(&message).await {
+            Ok(response) => self.handle(&message, response).await,
+            Err(e) => self.shared.report(&message, &failure_of(&e)).await,
+        }
+    }
+
+    /// `auto` mode: sends the first message and says whether this is a streamable daemon.
+    pub async fn detect(self: &Arc<Self>, message: &Message) -> Detected {
+        let response = match self.post(message).await {
+            Ok(response) => response,
+            Err(e) => {
+                self.shared.report(message, &failure_of(&e)).await;
+                return Detected::Undecided;
+            }
+        };
+        let status = response.status();
+        if !matches!(status.as_u16(), 400 | 404 | 405) {
+            self.handle(message, response).await;
+            return Detected::Streamable;
+        }
+        let body = http::read_body(response, ERROR_BODY_LIMIT)
+            .await
+            .unwrap_or_default();
+        if Message::parse_many(body.clone()).is_ok() {
+            self.handle_error_status(message, status, &body).await;
+            return Detected::Streamable;
+        }
+        Detected::NotStreamable(Failure::Status {
+            status: status.as_u16(),
+            body: http::excerpt(&body),
+        })
+    }
+
+    async fn handle(self: &Arc<Self>, message: &Message, response: reqwest::Response) {
+        let status = response.status();
+        if !status.is_success() {
+            let body = http::read_body(response, ERROR_BODY_LIMIT)
+                .await
+                .unwrap_or_default();
+            return self.handle_error_status(message, status, &body).await;
+        }
+        if message.method() == Some(method::INITIALIZE) {
+            if let Some(id) = response.headers().get(SESSION_ID) {
+                *self.session_id.write().unwrap_or_else(|e| e.into_inner()) = Some(id.clone());
+            }
+        }
+        let awaited = message.id().filter(|_| message.is_request());
+        if http::is_event_stream(&response) {
+            self.read_response_stream(awaited, response).await;
+        } else {
+            let body = match http::read_body(response, self.shared.options.max_message_bytes).await
+            {
+                Ok(body) => body,
+                Err(http::BodyError::TooLarge { limit }) => {
+                    let failure = Failure::TooLarge(format!("the response is larger than {limit} bytes"));
+                    return self.shared.report(message, &failure).await;
+                }
+                Err(http::BodyError::Http(e)) => {
+                    let failure = Failure::StreamEnded(format!("the connection broke ({})", cause(&e)));
+                    return self.shared.report(message, &failure).await;
+                }
+            };
+            if !body.iter().all(u8::is_ascii_whitespace) {
+                match Message::parse_many(body) {
+                    Ok(messages) => {
+                        for reply in messages {
+                            self.receive(reply).await;
+                        }
+                    }
+                    Err(e) => {
+                        let failure = Failure::Protocol(format!("a response body that is not JSON-RPC ({e})"));
+                        return self.shared.report(message, &failure).await;
+                    }
+                }
+            }
+            // 202 or an empty 200 for a request: its response comes on the GET stream.
+        }
+        if message.method() == Some(method::INITIALIZED) {
+            self.start_get_stream();
+        }
+    }
+
+    async fn handle_error_status(&self, message: &Message, status: StatusCode, body: &Bytes) {
+        let had_session = self.session_id().is_some();
+        let mentions_session = String::from_utf8_lossy(body)
+            .to_ascii_lowercase()
+            .contains("session");
+        if had_session && (status == StatusCode::NOT_FOUND || (status == StatusCode::BAD_REQUEST && mentions_session)) {
+            let failure = Failure::SessionLost {
+                status: status.as_u16(),
+            };
+            return self.shared.report(message, &failure).await;
+        }
+        if let Ok(replies) = Message::parse_many(body.clone()) {
+            for reply in replies {
+                if reply.kind() == Kind::Response && reply.id().is_some() && reply.id() == message.id() {
+                    return self.receive(reply).await;
+                }
+                if let Some((code, text)) = error_of(&reply) {
+                    let failure = Failure::Rejected {
+                        status: status.as_u16(),
+                        code,
+                        message: text,
+                    };
+                    return self.shared.report(message, &failure).await;
+                }
+            }
+        }
+        let failure = Failure::Status {
+            status: status.as_u16(),
+            body: http::excerpt(body),
+        };
+        self.shared.report(message, &failure).await;
+    }
+
+    /// Reads a request's SSE answer, resuming with GET + `Last-Event-ID` when it ends early.
+    async fn read_response_stream(&self, awaited: Option<&Id>, response: reqwest::Response) {
+        let max = self.shared.options.max_message_bytes;
+        let mut stream = EventStream::new(response, max);
+        let mut last_event_id: Option<String> = None;
+        let mut retry = DEFAULT_RETRY;
+        let mut fruitless = 0;
+        loop {
+            let pumped = self.pump(&mut stream, awaited).await;
+            if let Some(id) = stream.last_event_id() {
+                last_event_id = Some(id.to_owned());
+            }
+            retry = stream.retry().unwrap_or(retry);
+            let (delivered, error) = match pumped {
+                Pumped::Answered | Pumped::Cancelled => return,
+                Pumped::Ended { delivered, error } => (delivered, error),
+            };
+            let Some(id) = awaited else { return };
+            if !self.shared.is_pending(id) {
+                return; // answered on another stream
+            }
+            if let Some(StreamError::TooLarge(e)) = &error {
+                return self.shared.fail(id, &Failure::TooLarge(e.to_string())).await;
+            }
+            let how = match &error {
+                Some(e) => format!("the response stream broke ({e})"),
+                None => "the daemon closed the response stream".to_owned(),
+            };
+            fruitless = if delivered > 0 { 0 } else { fruitless + 1 };
+            let Some(resume_from) = last_event_id.clone() else {
+                return self.shared.fail(id, &Failure::StreamEnded(how)).await;
+            };
+            if fruitless > MAX_FRUITLESS_RESUMES {
+                let why = format!("{how}, and {MAX_FRUITLESS_RESUMES} resumptions brought nothing");
+                return self.shared.fail(id, &Failure::StreamEnded(why)).await;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(retry) => {}
+                () = self.shared.shutdown.cancelled() => return,
+            }
+            debug!(%id, last_event_id = %resume_from, "resuming the response stream");
+            let resumed = self
+                .request(Method::GET)
+                .header(ACCEPT, http::ACCEPT_SSE)
+                .header(LAST_EVENT_ID, header_value(&resume_from))
+                .send()
+                .await;
+            stream = match resumed {
+                Ok(r) if r.status().is_success() && http::is_event_stream(&r) => EventStream::new(r, max),
+                Ok(r) => {
+                    let why = format!("{how}, and resuming it with GET Last-Event-ID was answered HTTP {}", r.status().as_u16());
+                    return self.shared.fail(id, &Failure::StreamEnded(why)).await;
+                }
+                Err(e) => {
+                    let why = format!("{how}, and resuming it failed ({})", cause(&e));
+                    return self.shared.fail(id, &Failure::StreamEnded(why)).await;
+                }
+            };
+        }
+    }
+
+    /// Forwards the messages of one stream until it ends or brings the awaited response.
+    async fn pump(&self, stream: &mut EventStream, awaited: Option<&Id>) -> Pumped {
+        let mut delivered = 0;
+        loop {
+            // Cancel-safe: EventStream::next keeps undelivered events in its queue.
+            let next = tokio::select! {
+                next = stream.next() => next,
+                () = self.shared.shutdown.cancelled() => return Pumped::Cancelled,
+            };
+            let event = match next {
+                Ok(Some(event)) => event,
+                Ok(None) => return Pumped::Ended { delivered, error: None },
+                Err(e) => return Pumped::Ended { delivered, error: Some(e) },
+            };
+            if !event.is_message() {
+                debug!(event = ?event.event, "ignoring an SSE event that is not a message");
+                continue;
+            }
+            match Message::parse_many(event.data) {
+                Ok(messages) => {
+                    for message in messages {
+                        let answered = message.kind() == Kind::Response
+                            && awaited.is_some()
+                            && message.id() == awaited;
+                        self.receive(message).await;
+                        delivered += 1;
+                        if answered {
+                            return Pumped::Answered;
+                        }
+                    }
+                }
+                Err(e) => warn!(
+                    "{} sent an SSE event that is not a JSON-RPC message ({e}); skipped it",
+                    self.shared.options.label
+                ),
+            }
+        }
+    }
+
+    /// Notes what the session needs from a message, then hands it to the client.
+    async fn receive(&self, message: Message) {
+        if message.kind() == Kind::Response {
+            let is_initialize = {
+                let initialize_id = self.initialize_id.lock().unwrap_or_else(|e| e.into_inner());
+                initialize_id.is_some() && initialize_id.as_ref() == message.id()
+            };
+            if is_initialize {
+                if let Some(version) = message.initialize_protocol_version() {
+                    *self.protocol_version.write().unwrap_or_else(|e| e.into_inner()) =
+                        HeaderValue::from_str(&version).ok();
+                }
+            }
+        }
+        self.shared.deliver(message).await;
+    }
+
+    fn start_get_stream(self: &Arc<Self>) {
+        if self.get_stream_started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let session = self.clone();
+        tokio::spawn(async move { session.run_get_stream().await });
+    }
+
+    /// The standalone GET stream for server-initiated messages, reconnected while it works.
+    async fn run_get_stream(&self) {
+        let max = self.shared.options.max_message_bytes;
+        let mut last_event_id: Option<String> = None;
+        let mut retry = DEFAULT_RETRY;
+        let mut failures = 0u32;
+        loop {
+            let mut request = self.request(Method::GET).header(ACCEPT, http::ACCEPT_SSE);
+            if let Some(id) = &last_event_id {
+                request = request.header(LAST_EVENT_ID, header_value(id));
+            }
+            let response = tokio::select! {
+                r = request.send() => r,
+                () = self.shared.shutdown.cancelled() => return,
+            };
+            match response {
+                Ok(r) if r.status() == StatusCode::METHOD_NOT_ALLOWED => {
+                    debug!("{} offers no GET stream (405)", self.shared.options.label);
+                    return;
+                }
+                Ok(r) if r.status() == StatusCode::CONFLICT => {
+                    debug!("{} already has a GET stream for this session (409)", self.shared.options.label);
+                    return;
+                }
+                Ok(r) if r.status().is_success() && http::is_event_stream(&r) => {
+                    let mut stream = EventStream::new(r, max);
+                    match self.pump(&mut stream, None).await {
+                        Pumped::Cancelled => return,
+                        Pumped::Answered => {}
+                        Pumped::Ended { delivered, error } => {
+                            if let Some(e) = error {
+                                debug!("GET stream ended: {e}");
+                            }
+                            failures = if delivered > 0 { 0 } else { failures + 1 };
+                        }
+                    }
+                    if let Some(id) = stream.last_event_id() {
+                        last_event_id = Some(id.to_owned());
+                    }
+                    retry = stream.retry().unwrap_or(retry);
+                }
+                Ok(r) => {
+                    debug!("GET stream refused: HTTP {}", r.status());
+                    if matches!(r.status().as_u16(), 400 | 404) && self.session_id().is_some() {
+                        return; // the session is gone; requests will report it
+                    }
+                    failures += 1;
+                }
+                Err(e) => {
+                    debug!("GET stream failed: {}", cause(&e));
+                    failures += 1;
+                }
+            }
+            if failures >= MAX_GET_FAILURES {
+                warn!(
+                    "giving up on the GET stream of {} after {failures} failures; server-initiated notifications may be missed",
+                    self.shared.options.label
+                );
+                return;
+            }
+            let delay = if failures == 0 {
+                retry
+            } else {
+                retry.max(Duration::from_millis(250 << failures.min(7)))
+            };
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.shared.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Ends the session on the daemon (best effort).
+    pub async fn delete(&self) {
+        if self.session_id().is_none() {
+            return;
+        }
+        match self.request(Method::DELETE).send().await {
+            Ok(r) => debug!("DELETE session: HTTP {}", r.status()),
+            Err(e) => debug!("DELETE session failed: {}", cause(&e)),
+        }
+    }
+}
+
+/// A header value as is when it is visible ASCII, else in the `=?base64?…?=` form.
+fn header_value(text: &str) -> HeaderValue {
+    if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        if let Ok(value) = HeaderValue::from_str(text) {
+            return value;
+        }
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+    HeaderValue::from_str(&format!("=?base64?{encoded}?=")).unwrap_or(HeaderValue::from_static(""))
+}
+
+fn error_of(reply: &Message) -> Option<(i64, String)> {
+    #[derive(Deserialize)]
+    struct Outer {
+        error: Inner,
+    }
+    #[derive(Deserialize)]
+    struct Inner {
+        code: i64,
+        message: String,
+    }
+    let outer: Outer = serde_json::from_slice(reply.bytes()).ok()?;
+    Some((outer.error.code, outer.error.message))
+}
+
+/// The innermost cause of an HTTP error, which is the part a person can act on.
+pub(crate) fn cause(error: &reqwest::Error) -> String {
+    let mut source: &dyn std::error::Error = error;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    let text = source.to_string();
+    if error.is_timeout() {
+        format!("timed out ({text})")
+    } else {
+        text
+    }
+}
+
+pub(crate) fn failure_of(error: &reqwest::Error) -> Failure {
+    if error.is_connect() {
+        Failure::Unreachable(cause(error))
+    } else {
+        Failure::StreamEnded(format!("the connection broke ({})", cause(error)))
+    }
+}
