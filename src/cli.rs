@@ -53,7 +53,12 @@ SIGHUP or a closed stdout, ending its session on the daemon (DELETE, at most 0.5
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
     /// The registry daemon to connect to
-    #[arg(long, value_name = "NAME", required_unless_present = "url", conflicts_with = "url")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        required_unless_present = "url",
+        conflicts_with = "url"
+    )]
     pub target: Option<String>,
 
     /// An MCP endpoint to connect to directly, instead of a registry daemon
@@ -104,7 +109,9 @@ mod tests {
     #[test]
     fn proxy_needs_a_target_or_a_url() {
         assert!(Cli::try_parse_from(["mcpsm", "proxy"]).is_err());
-        assert!(Cli::try_parse_from(["mcpsm", "proxy", "--target", "a", "--url", "http://x"]).is_err());
+        assert!(
+            Cli::try_parse_from(["mcpsm", "proxy", "--target", "a", "--url", "http://x"]).is_err()
+        );
         assert!(Cli::try_parse_from(["mcpsm", "proxy", "--target", "a"]).is_ok());
     }
 }

@@ -80,10 +80,10 @@ pub struct ConfigError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read the registry {}: {source}\nhint: check the path given by --registry or {}", path.display(), paths::REGISTRY_ENV)]
+    #[error("cannot read the registry {}: {cause}\nhint: check the path given by --registry or {}", path.display(), paths::REGISTRY_ENV)]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(transparent)]
     Invalid(#[from] ConfigError),
@@ -170,9 +170,9 @@ impl Registry {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
                 Ok(Registry::embedded())
             }
-            Err(source) => Err(LoadError::Read {
+            Err(cause) => Err(LoadError::Read {
                 path: path.to_path_buf(),
-                source,
+                cause,
             }),
         }
     }
@@ -235,7 +235,9 @@ impl Registry {
             let known: Vec<&str> = self.names().collect();
             let hint = match closest(name, known.iter().copied()) {
                 Some(close) => format!("did you mean `{close}`?"),
-                None if known.is_empty() => "the registry defines no daemons; add a [daemons.NAME] table".into(),
+                None if known.is_empty() => {
+                    "the registry defines no daemons; add a [daemons.NAME] table".into()
+                }
                 None => format!("known daemons: {}", known.join(", ")),
             };
             return Err(ConfigError {
@@ -253,15 +255,15 @@ impl Registry {
             expand(value.get_ref()).map_err(|message| located(value.span(), message))
         };
         let body = daemon.get_ref();
-        let transport = body
-            .transport
-            .as_ref()
-            .map(|t| *t.get_ref())
-            .unwrap_or(if body.url.is_some() {
-                TransportKind::Auto
-            } else {
-                TransportKind::StreamableHttp
-            });
+        let transport =
+            body.transport
+                .as_ref()
+                .map(|t| *t.get_ref())
+                .unwrap_or(if body.url.is_some() {
+                    TransportKind::Auto
+                } else {
+                    TransportKind::StreamableHttp
+                });
         let startup_timeout = match &body.startup_timeout {
             None => DEFAULT_STARTUP_TIMEOUT,
             Some(value) => parse_duration(value.get_ref()).map_err(|m| located(value.span(), m))?,
@@ -270,7 +272,10 @@ impl Registry {
         for (key, value) in &body.headers {
             let expanded = expand(value)?;
             if reqwest::header::HeaderName::from_bytes(key.as_bytes()).is_err() {
-                return Err(located(value.span(), format!("`{key}` is not a valid HTTP header name")));
+                return Err(located(
+                    value.span(),
+                    format!("`{key}` is not a valid HTTP header name"),
+                ));
             }
             if reqwest::header::HeaderValue::from_str(&expanded).is_err() {
                 return Err(located(
@@ -283,8 +288,9 @@ impl Registry {
         let (launch, url) = match (&body.command, &body.url) {
             (_, Some(url)) => {
                 let text = expand(url)?;
-                let url = Url::parse(&text)
-                    .map_err(|e| located(url.span(), format!("`{text}` is not a valid URL: {e}")))?;
+                let url = Url::parse(&text).map_err(|e| {
+                    located(url.span(), format!("`{text}` is not a valid URL: {e}"))
+                })?;
                 (None, url)
             }
             (Some(command), None) => {
@@ -300,7 +306,12 @@ impl Registry {
                     .iter()
                     .map(|(k, v)| with_port(v).map(|v| (k.clone(), v)))
                     .collect::<Result<_, _>>()?;
-                let cwd = body.cwd.as_ref().map(expand).transpose()?.map(PathBuf::from);
+                let cwd = body
+                    .cwd
+                    .as_ref()
+                    .map(expand)
+                    .transpose()?
+                    .map(PathBuf::from);
                 let path = body
                     .path
                     .as_ref()
@@ -326,7 +337,11 @@ impl Registry {
             transport,
             headers,
             startup_timeout,
-            defined_at: format!("{}:{}", self.file, line_of(&self.source, daemon.span().start)),
+            defined_at: format!(
+                "{}:{}",
+                self.file,
+                line_of(&self.source, daemon.span().start)
+            ),
         })
     }
 }
@@ -419,9 +434,8 @@ fn validate_daemon(
 fn expand(value: &str) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
     let rest = if value == "~" || value.starts_with("~/") {
-        let home = paths::user_home().ok_or_else(|| {
-            format!("`{value}` starts with `~` but HOME is not set")
-        })?;
+        let home = paths::user_home()
+            .ok_or_else(|| format!("`{value}` starts with `~` but HOME is not set"))?;
         out.push_str(&home.to_string_lossy());
         &value[1..]
     } else {
@@ -448,9 +462,7 @@ fn expand(value: &str) -> Result<String, String> {
                     Some((name, default)) => (name, Some(default)),
                     None => (inner, None),
                 };
-                if name.is_empty()
-                    || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                {
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                     return Err(format!("`${{{inner}}}` is not a valid variable reference"));
                 }
                 match (std::env::var(name), default) {
@@ -464,7 +476,7 @@ fn expand(value: &str) -> Result<String, String> {
                     }
                 }
                 // skip the characters of `{...}`
-                while let Some((j, _)) = chars.next() {
+                for (j, _) in chars.by_ref() {
                     if j == start + len {
                         break;
                     }
@@ -481,11 +493,13 @@ fn parse_duration(value: &DurationValue) -> Result<Duration, String> {
         DurationValue::Seconds(s) => return Ok(Duration::from_secs(*s)),
         DurationValue::Text(text) => text.trim(),
     };
-    let digits = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration; write e.g. \"30s\", \"500ms\" or \"2m\""))?;
+    let number: f64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a duration; write e.g. \"30s\", \"500ms\" or \"2m\"")
+    })?;
     let seconds = match unit.trim() {
         "ms" => number / 1000.0,
         "s" | "" => number,
@@ -511,7 +525,9 @@ fn line_of(source: &str, offset: usize) -> usize {
 fn key_path_at(source: &str, offset: usize) -> Option<String> {
     let offset = offset.min(source.len());
     let line_start = source[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let line_end = source[offset..].find('\n').map_or(source.len(), |i| offset + i);
+    let line_end = source[offset..]
+        .find('\n')
+        .map_or(source.len(), |i| offset + i);
     let line = source[line_start..line_end].trim();
     let table = source[..line_start]
         .lines()
@@ -520,9 +536,15 @@ fn key_path_at(source: &str, offset: usize) -> Option<String> {
         .find(|l| l.starts_with('['))
         .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
     if line.starts_with('[') {
-        return Some(line.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+        return Some(
+            line.trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned(),
+        );
     }
-    let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"'))?;
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'))?;
     if key.is_empty() {
         return None;
     }
@@ -558,24 +580,28 @@ fn locate_error(
 fn toml_error(file: &str, source: &str, error: &toml::de::Error) -> ConfigError {
     let message = error.message().trim().to_owned();
     let span = error.span().unwrap_or(0..0);
-    let hint = unknown_name_hint(&message);
-    let mut located = locate_error(file, source, span, message, hint);
-    // serde's wording is "unknown field"; a TOML user thinks in keys.
-    located.message = located.message.replace("unknown field", "unknown key");
-    located
+    let (message, hint) = match unknown_name(&message) {
+        Some((short, hint)) => (short, Some(hint)),
+        None => (message, None),
+    };
+    locate_error(file, source, span, message, hint)
 }
 
-/// For serde's "unknown field `x`, expected one of `a`, `b`" (and "unknown variant"), suggests
-/// the closest valid name.
-fn unknown_name_hint(message: &str) -> Option<String> {
-    let rest = message
-        .strip_prefix("unknown field `")
-        .or_else(|| message.strip_prefix("unknown variant `"))?;
+/// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" (and "unknown variant") as
+/// a short message plus a hint naming the closest valid name.
+fn unknown_name(message: &str) -> Option<(String, String)> {
+    let (what, rest) = if let Some(rest) = message.strip_prefix("unknown field `") {
+        ("key", rest)
+    } else {
+        ("value", message.strip_prefix("unknown variant `")?)
+    };
     let (unknown, expected) = rest.split_once('`')?;
     let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    closest(unknown, valid.iter().copied())
-        .map(|c| format!("did you mean `{c}`?"))
-        .or_else(|| (!valid.is_empty()).then(|| format!("valid here: {}", valid.join(", "))))
+    let hint = match closest(unknown, valid.iter().copied()) {
+        Some(close) => format!("did you mean `{close}`?"),
+        None => format!("valid here: {}", valid.join(", ")),
+    };
+    Some((format!("unknown {what} `{unknown}`"), hint))
 }
 
 /// The candidate most similar to `input`, if any is similar enough.
@@ -644,27 +670,43 @@ headers = { Authorization = "Bearer ${MCPSM_TEST_TOKEN}" }
         let search = registry.daemon("search").expect("resolves");
         assert!(search.launch.is_none());
         assert_eq!(search.transport, TransportKind::Auto);
-        assert_eq!(search.headers, [("Authorization".into(), "Bearer s3cret".into())]);
+        assert_eq!(
+            search.headers,
+            [("Authorization".into(), "Bearer s3cret".into())]
+        );
     }
 
     #[test]
     fn unknown_key_names_line_key_and_suggestion() {
         let message = error("[daemons.memory]\ncomand = \"node\"\nport = 1\n");
-        assert!(message.starts_with("daemons.toml:2: daemons.memory.comand: unknown key"), "{message}");
+        assert!(
+            message.starts_with("daemons.toml:2: daemons.memory.comand: unknown key"),
+            "{message}"
+        );
         assert!(message.contains("did you mean `command`?"), "{message}");
     }
 
     #[test]
     fn bad_transport_value_suggests_the_valid_one() {
-        let message = error("[daemons.a]\nurl = \"http://x/mcp\"\ntransport = \"streamable_http\"\n");
-        assert!(message.starts_with("daemons.toml:3: daemons.a.transport:"), "{message}");
-        assert!(message.contains("did you mean `streamable-http`?"), "{message}");
+        let message =
+            error("[daemons.a]\nurl = \"http://x/mcp\"\ntransport = \"streamable_http\"\n");
+        assert!(
+            message.starts_with("daemons.toml:3: daemons.a.transport:"),
+            "{message}"
+        );
+        assert!(
+            message.contains("did you mean `streamable-http`?"),
+            "{message}"
+        );
     }
 
     #[test]
     fn wrong_type_names_the_key() {
         let message = error("[manager]\nport = \"x\"\n");
-        assert!(message.starts_with("daemons.toml:2: manager.port:"), "{message}");
+        assert!(
+            message.starts_with("daemons.toml:2: manager.port:"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -676,14 +718,20 @@ headers = { Authorization = "Bearer ${MCPSM_TEST_TOKEN}" }
     #[test]
     fn command_without_port_is_refused_with_a_hint() {
         let message = error("[daemons.a]\ncommand = \"node\"\n");
-        assert!(message.contains("has a `command` but no `port`"), "{message}");
+        assert!(
+            message.contains("has a `command` but no `port`"),
+            "{message}"
+        );
         assert!(message.contains("hint: add `port = N`"), "{message}");
     }
 
     #[test]
     fn url_daemons_refuse_launch_keys() {
         let message = error("[daemons.a]\nurl = \"http://x/mcp\"\nport = 3\n");
-        assert!(message.starts_with("daemons.toml:3: daemons.a.port:"), "{message}");
+        assert!(
+            message.starts_with("daemons.toml:3: daemons.a.port:"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -693,8 +741,14 @@ headers = { Authorization = "Bearer ${MCPSM_TEST_TOKEN}" }
         )
         .expect("structure is valid");
         assert!(registry.daemon("b").is_ok());
-        let message = registry.daemon("a").expect_err("unset variable").to_string();
-        assert!(message.contains("daemons.toml:2: daemons.a.url:"), "{message}");
+        let message = registry
+            .daemon("a")
+            .expect_err("unset variable")
+            .to_string();
+        assert!(
+            message.contains("daemons.toml:2: daemons.a.url:"),
+            "{message}"
+        );
         assert!(message.contains("MCPSM_TEST_SURELY_UNSET"), "{message}");
     }
 
@@ -723,7 +777,10 @@ headers = { Authorization = "Bearer ${MCPSM_TEST_TOKEN}" }
         assert_eq!(d("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(d("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(d("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration(&DurationValue::Seconds(5)), Ok(Duration::from_secs(5)));
+        assert_eq!(
+            parse_duration(&DurationValue::Seconds(5)),
+            Ok(Duration::from_secs(5))
+        );
         assert!(d("soon").is_err());
         assert!(d("3h").is_err());
     }

@@ -307,7 +307,8 @@ mod tests {
 
     #[test]
     fn batches_are_split_and_bytes_kept() {
-        let line = Bytes::from_static(br#"[{"id":1,"method":"a","x":{"keep":"me"}},{"method":"b"}]"#);
+        let line =
+            Bytes::from_static(br#"[{"id":1,"method":"a","x":{"keep":"me"}},{"method":"b"}]"#);
         let messages = Message::parse_many(line).expect("batch");
         assert_eq!(messages.len(), 2);
         assert_eq!(
@@ -319,7 +320,7 @@ mod tests {
 
     #[test]
     fn non_objects_are_refused_with_their_type() {
-        let error = Message::parse_many(Bytes::from_static(b"42")).err().expect("error");
+        let error = Message::parse_many(Bytes::from_static(b"42")).expect_err("error");
         assert!(error.to_string().contains("a number"), "{error}");
         assert!(matches!(
             Message::parse_many(Bytes::from_static(b"[]")),
@@ -333,9 +334,10 @@ mod tests {
 
     #[test]
     fn pretty_json_becomes_one_line() {
-        let messages =
-            Message::parse_many(Bytes::from_static(b"{\n  \"id\": 2,\r\n  \"result\": {}\n}"))
-                .expect("valid");
+        let messages = Message::parse_many(Bytes::from_static(
+            b"{\n  \"id\": 2,\r\n  \"result\": {}\n}",
+        ))
+        .expect("valid");
         assert!(!messages[0].bytes().contains(&b'\n'));
         assert_eq!(messages[0].id().map(Id::as_json), Some("2"));
     }

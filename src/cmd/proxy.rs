@@ -120,8 +120,7 @@ async fn refuse(message: &Message, why: &str, out: &mpsc::Sender<Bytes>) {
 /// Turns the arguments (and the registry, for `--target`) into transport options.
 fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<Options> {
     let mut headers = HeaderMap::new();
-    let (url, transport, label, unreachable_hint, failure_hint) = match (&args.target, &args.url)
-    {
+    let (url, transport, label, unreachable_hint, failure_hint) = match (&args.target, &args.url) {
         (Some(name), _) => {
             let (path, explicit) = match registry {
                 Some(path) => (path, true),
@@ -130,7 +129,10 @@ fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<Option
             let registry = Registry::load(&path, explicit)?;
             let daemon = registry.daemon(name)?;
             for (key, value) in &daemon.headers {
-                headers.append(HeaderName::from_bytes(key.as_bytes())?, HeaderValue::from_str(value)?);
+                headers.append(
+                    HeaderName::from_bytes(key.as_bytes())?,
+                    HeaderValue::from_str(value)?,
+                );
             }
             let label = format!("daemon \"{name}\" ({})", daemon.url);
             let unreachable_hint = match &daemon.launch {
@@ -148,14 +150,30 @@ fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<Option
                     daemon.url, daemon.defined_at
                 ),
             };
-            let failure_hint = format!("check the output of daemon \"{name}\" (defined at {})", daemon.defined_at);
-            (daemon.url, daemon.transport, label, unreachable_hint, failure_hint)
+            let failure_hint = format!(
+                "check the output of daemon \"{name}\" (defined at {})",
+                daemon.defined_at
+            );
+            (
+                daemon.url,
+                daemon.transport,
+                label,
+                unreachable_hint,
+                failure_hint,
+            )
         }
         (None, Some(url)) => {
-            let url = Url::parse(url).with_context(|| format!("--url `{url}` is not a valid URL"))?;
+            let url =
+                Url::parse(url).with_context(|| format!("--url `{url}` is not a valid URL"))?;
             let unreachable_hint = format!("check that an MCP server is listening at {url}");
             let failure_hint = format!("check the logs of the server at {url}");
-            (url.clone(), TransportKind::Auto, url.to_string(), unreachable_hint, failure_hint)
+            (
+                url.clone(),
+                TransportKind::Auto,
+                url.to_string(),
+                unreachable_hint,
+                failure_hint,
+            )
         }
         (None, None) => anyhow::bail!("give --target NAME or --url URL"),
     };
@@ -166,10 +184,15 @@ fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<Option
         let (key, value) = header
             .split_once(':')
             .with_context(|| format!("--header `{header}` is not of the form 'Name: value'"))?;
-        let name = HeaderName::from_bytes(key.trim().as_bytes())
-            .with_context(|| format!("--header `{header}`: `{}` is not a valid header name", key.trim()))?;
-        let value = HeaderValue::from_str(value.trim())
-            .with_context(|| format!("--header `{header}`: the value is not a valid header value"))?;
+        let name = HeaderName::from_bytes(key.trim().as_bytes()).with_context(|| {
+            format!(
+                "--header `{header}`: `{}` is not a valid header name",
+                key.trim()
+            )
+        })?;
+        let value = HeaderValue::from_str(value.trim()).with_context(|| {
+            format!("--header `{header}`: the value is not a valid header value")
+        })?;
         headers.insert(name, value);
     }
     Ok(Options {

@@ -12,7 +12,8 @@ use url::Url;
 
 use super::sse::{Decoder, Event, EventTooLarge};
 
-pub const ACCEPT_BOTH: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");
+pub const ACCEPT_BOTH: HeaderValue =
+    HeaderValue::from_static("application/json, text/event-stream");
 pub const ACCEPT_SSE: HeaderValue = HeaderValue::from_static("text/event-stream");
 pub const JSON: HeaderValue = HeaderValue::from_static("application/json");
 

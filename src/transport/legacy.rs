@@ -71,7 +71,9 @@ impl Session {
             .map_err(|e| failure_of(&e))?;
         let status = response.status();
         if !status.is_success() {
-            let body = http::read_body(response, 64 * 1024).await.unwrap_or_default();
+            let body = http::read_body(response, 64 * 1024)
+                .await
+                .unwrap_or_default();
             return Err(Failure::Status {
                 status: status.as_u16(),
                 body: http::excerpt(&body),
@@ -90,8 +92,12 @@ impl Session {
                     Ok(Some(event)) if event.event.as_deref() == Some("endpoint") => {
                         return Ok(event.data);
                     }
-                    Ok(Some(event)) => debug!(event = ?event.event, "event before `endpoint`, skipped"),
-                    Ok(None) => return Err("the stream ended before an `endpoint` event".to_owned()),
+                    Ok(Some(event)) => {
+                        debug!(event = ?event.event, "event before `endpoint`, skipped")
+                    }
+                    Ok(None) => {
+                        return Err("the stream ended before an `endpoint` event".to_owned())
+                    }
                     Err(e) => return Err(e.to_string()),
                 }
             }

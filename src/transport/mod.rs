@@ -289,7 +289,10 @@ impl Upstream {
             ))),
             TransportKind::Sse => {
                 let url = shared.options.url.clone();
-                OnceCell::new_with(Some(Mode::Legacy(legacy::Session::new(shared.clone(), url))))
+                OnceCell::new_with(Some(Mode::Legacy(legacy::Session::new(
+                    shared.clone(),
+                    url,
+                ))))
             }
             TransportKind::Auto => OnceCell::new(),
         };
@@ -346,7 +349,8 @@ impl Upstream {
             }
             streamable::Detected::Undecided => {}
             streamable::Detected::NotStreamable(failure) => {
-                let legacy = legacy::Session::new(self.shared.clone(), self.shared.options.url.clone());
+                let legacy =
+                    legacy::Session::new(self.shared.clone(), self.shared.options.url.clone());
                 match legacy.connect().await {
                     Ok(()) => {
                         debug!("{} speaks legacy HTTP+SSE", self.shared.options.label);

@@ -116,7 +116,11 @@ mod tests {
         let input = b"\xEF\xBB\xBF{\"a\":1}\r\n\n  \r\n{\"b\":2}\n{\"c\":3}";
         assert_eq!(
             lines(input, 1024),
-            [message("{\"a\":1}"), message("{\"b\":2}"), message("{\"c\":3}")]
+            [
+                message("{\"a\":1}"),
+                message("{\"b\":2}"),
+                message("{\"c\":3}")
+            ]
         );
     }
 

@@ -83,7 +83,10 @@ impl Session {
     }
 
     fn session_id(&self) -> Option<HeaderValue> {
-        self.session_id.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.session_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn request(&self, method: Method) -> reqwest::RequestBuilder {
@@ -112,7 +115,10 @@ impl Session {
             *self.initialize_id.lock().unwrap_or_else(|e| e.into_inner()) = message.id().cloned();
             // A new session: whatever was negotiated before does not apply.
             *self.session_id.write().unwrap_or_else(|e| e.into_inner()) = None;
-            *self.protocol_version.write().unwrap_or_else(|e| e.into_inner()) = None;
+            *self
+                .protocol_version
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = None;
         }
         let mut request = self
             .request(Method::POST)
@@ -221,11 +227,13 @@ impl Session {
             {
                 Ok(body) => body,
                 Err(http::BodyError::TooLarge { limit }) => {
-                    let failure = Failure::TooLarge(format!("the response is larger than {limit} bytes"));
+                    let failure =
+                        Failure::TooLarge(format!("the response is larger than {limit} bytes"));
                     return self.shared.report(message, &failure).await;
                 }
                 Err(http::BodyError::Http(e)) => {
-                    let failure = Failure::StreamEnded(format!("the connection broke ({})", cause(&e)));
+                    let failure =
+                        Failure::StreamEnded(format!("the connection broke ({})", cause(&e)));
                     return self.shared.report(message, &failure).await;
                 }
             };
@@ -237,7 +245,9 @@ impl Session {
                         }
                     }
                     Err(e) => {
-                        let failure = Failure::Protocol(format!("a response body that is not JSON-RPC ({e})"));
+                        let failure = Failure::Protocol(format!(
+                            "a response body that is not JSON-RPC ({e})"
+                        ));
                         return self.shared.report(message, &failure).await;
                     }
                 }
@@ -254,7 +264,10 @@ impl Session {
         let mentions_session = String::from_utf8_lossy(body)
             .to_ascii_lowercase()
             .contains("session");
-        if had_session && (status == StatusCode::NOT_FOUND || (status == StatusCode::BAD_REQUEST && mentions_session)) {
+        if had_session
+            && (status == StatusCode::NOT_FOUND
+                || (status == StatusCode::BAD_REQUEST && mentions_session))
+        {
             let failure = Failure::SessionLost {
                 status: status.as_u16(),
             };
@@ -262,7 +275,10 @@ impl Session {
         }
         if let Ok(replies) = Message::parse_many(body.clone()) {
             for reply in replies {
-                if reply.kind() == Kind::Response && reply.id().is_some() && reply.id() == message.id() {
+                if reply.kind() == Kind::Response
+                    && reply.id().is_some()
+                    && reply.id() == message.id()
+                {
                     return self.receive(reply).await;
                 }
                 if let Some((code, text)) = error_of(&reply) {
@@ -304,7 +320,10 @@ impl Session {
                 return; // answered on another stream
             }
             if let Some(StreamError::TooLarge(e)) = &error {
-                return self.shared.fail(id, &Failure::TooLarge(e.to_string())).await;
+                return self
+                    .shared
+                    .fail(id, &Failure::TooLarge(e.to_string()))
+                    .await;
             }
             let how = match &error {
                 Some(e) => format!("the response stream broke ({e})"),
@@ -330,9 +349,14 @@ impl Session {
                 .send()
                 .await;
             stream = match resumed {
-                Ok(r) if r.status().is_success() && http::is_event_stream(&r) => EventStream::new(r, max),
+                Ok(r) if r.status().is_success() && http::is_event_stream(&r) => {
+                    EventStream::new(r, max)
+                }
                 Ok(r) => {
-                    let why = format!("{how}, and resuming it with GET Last-Event-ID was answered HTTP {}", r.status().as_u16());
+                    let why = format!(
+                        "{how}, and resuming it with GET Last-Event-ID was answered HTTP {}",
+                        r.status().as_u16()
+                    );
                     return self.shared.fail(id, &Failure::StreamEnded(why)).await;
                 }
                 Err(e) => {
@@ -354,8 +378,18 @@ impl Session {
             };
             let event = match next {
                 Ok(Some(event)) => event,
-                Ok(None) => return Pumped::Ended { delivered, error: None },
-                Err(e) => return Pumped::Ended { delivered, error: Some(e) },
+                Ok(None) => {
+                    return Pumped::Ended {
+                        delivered,
+                        error: None,
+                    }
+                }
+                Err(e) => {
+                    return Pumped::Ended {
+                        delivered,
+                        error: Some(e),
+                    }
+                }
             };
             if !event.is_message() {
                 debug!(event = ?event.event, "ignoring an SSE event that is not a message");
@@ -391,8 +425,10 @@ impl Session {
             };
             if is_initialize {
                 if let Some(version) = message.initialize_protocol_version() {
-                    *self.protocol_version.write().unwrap_or_else(|e| e.into_inner()) =
-                        HeaderValue::from_str(&version).ok();
+                    *self
+                        .protocol_version
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner()) = HeaderValue::from_str(&version).ok();
                 }
             }
         }
@@ -428,7 +464,10 @@ impl Session {
                     return;
                 }
                 Ok(r) if r.status() == StatusCode::CONFLICT => {
-                    debug!("{} already has a GET stream for this session (409)", self.shared.options.label);
+                    debug!(
+                        "{} already has a GET stream for this session (409)",
+                        self.shared.options.label
+                    );
                     return;
                 }
                 Ok(r) if r.status().is_success() && http::is_event_stream(&r) => {

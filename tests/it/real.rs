@@ -1,0 +1,192 @@
+//! Real MCP clients and servers through `mcpsm proxy`: the official Python SDK client, the
+//! official conformance suite's client scenarios, server-everything (npm) in streamable HTTP
+//! and legacy SSE modes, and FastMCP servers (official Python SDK).
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::servers::{everything, python_client, python_server, run_with_deadline};
+use crate::support::{call_tool, request, support_dir, Proxy, TestHome};
+
+/// Everything py_client.py checks in one session: initialize, tools/prompts/resources, 1 MiB and
+/// tricky-Unicode echoes, progress (all notifications), sampling, elicitation, roots,
+/// 16 concurrent calls, an unknown tool.
+#[test]
+fn python_sdk_client_through_proxy_to_streamable_http_everything() {
+    let server = everything("streamableHttp");
+    let home = TestHome::new();
+    let report = python_client(&home, &["all"], &["--url", &server.url]);
+    assert_eq!(report["ok"], true, "{report}");
+}
+
+#[test]
+fn python_sdk_client_through_proxy_to_legacy_sse_everything_detected_by_auto() {
+    let server = everything("sse");
+    let home = TestHome::new();
+    let report = python_client(&home, &["all"], &["--url", &server.url]);
+    assert_eq!(report["ok"], true, "{report}");
+}
+
+#[test]
+fn explicit_sse_transport_talks_to_legacy_everything() {
+    let server = everything("sse");
+    let home = TestHome::new();
+    let report = python_client(
+        &home,
+        &["basic"],
+        &["--url", &server.url, "--transport", "sse"],
+    );
+    assert_eq!(report["ok"], true, "{report}");
+}
+
+#[test]
+fn target_resolves_a_registry_daemon_with_a_client_stripped_environment() {
+    let server = everything("streamableHttp");
+    let home = TestHome::new();
+    // No MCPSM_HOME reaches the proxy (--default-env passes only what the SDK passes: HOME,
+    // PATH, …), so the registry is found under $HOME/.mcp-session-manager.
+    let state = home.path().join(".mcp-session-manager");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    std::fs::write(
+        state.join("daemons.toml"),
+        format!(
+            "[daemons.everything]\nurl = \"{}\"\ntransport = \"streamable-http\"\n",
+            server.url
+        ),
+    )
+    .expect("write registry");
+    let report = python_client(
+        &home,
+        &["--default-env", "basic"],
+        &["--target", "everything"],
+    );
+    assert_eq!(report["ok"], true, "{report}");
+}
+
+#[test]
+fn fastmcp_json_response_server_through_proxy() {
+    let server = python_server("json");
+    let home = TestHome::new();
+    for scenario in ["basic", "echo-big", "concurrent", "unknown-tool"] {
+        let report = python_client(&home, &[scenario], &["--url", &server.url]);
+        assert_eq!(report["ok"], true, "{scenario}: {report}");
+    }
+}
+
+#[test]
+fn fastmcp_sse_response_server_delivers_progress_through_proxy() {
+    let server = python_server("sse");
+    let home = TestHome::new();
+    for scenario in ["basic", "progress", "concurrent"] {
+        let report = python_client(&home, &[scenario], &["--url", &server.url]);
+        assert_eq!(report["ok"], true, "{scenario}: {report}");
+    }
+}
+
+#[test]
+fn fastmcp_legacy_sse_server_through_proxy() {
+    let server = python_server("legacy-sse");
+    let home = TestHome::new();
+    for scenario in ["basic", "progress", "unknown-tool"] {
+        let report = python_client(&home, &[scenario], &["--url", &server.url]);
+        assert_eq!(report["ok"], true, "{scenario}: {report}");
+    }
+}
+
+/// Raw wire check against a real server: 16 requests written at once all come back, each
+/// exactly once, with their own ids.
+#[test]
+fn sixteen_requests_in_flight_each_get_exactly_one_answer() {
+    let server = everything("streamableHttp");
+    let home = TestHome::new();
+    let mut proxy = Proxy::spawn(&home, &["--url", &server.url]);
+    proxy.initialize();
+    for id in 1..=16 {
+        proxy.send(&call_tool(id, "echo", json!({"message": format!("m{id}")})));
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    while seen.len() < 16 {
+        let message = proxy.recv();
+        if message.get("method").is_some() {
+            continue; // list_changed and other notifications
+        }
+        let id = message["id"].as_i64().expect("numeric id");
+        let text = message["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default();
+        assert_eq!(text, format!("Echo: m{id}"));
+        assert!(seen.insert(id, ()).is_none(), "id {id} answered twice");
+    }
+    proxy.send(&request(99, "ping", json!({})));
+    let (pong, _) = proxy.recv_response(&json!(99));
+    assert!(pong.get("result").is_some());
+}
+
+/// The official conformance suite's client scenarios, with a TS SDK host driving
+/// `mcpsm proxy --url <mock server>`.
+fn conformance_client(scenario: &str) {
+    let support = support_dir();
+    let suite = support.join("conformance/node_modules/.bin/conformance");
+    let node22 = support.join("conformance/node_modules/.bin");
+    assert!(
+        suite.exists(),
+        "{} is missing: run `bash tests/support/setup.sh`",
+        suite.display()
+    );
+    let home = TestHome::new();
+    let results = home.path().join("results");
+    let path = format!(
+        "{}:{}",
+        node22.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut command = Command::new(&suite);
+    command
+        .env("PATH", path)
+        .env("HOME", home.path())
+        .env("MCPSM_HOME", home.path())
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .arg("client")
+        .arg("--command")
+        .arg(format!(
+            "node {} {} proxy",
+            support.join("conformance_client.mjs").display(),
+            crate::support::bin().display()
+        ))
+        .arg("--scenario")
+        .arg(scenario)
+        .arg("-o")
+        .arg(&results)
+        .current_dir(home.path());
+    let output = run_with_deadline(command, Duration::from_secs(120));
+    assert!(
+        output.status.success(),
+        "conformance client scenario {scenario} failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn conformance_client_initialize() {
+    conformance_client("initialize");
+}
+
+#[test]
+fn conformance_client_tools_call() {
+    conformance_client("tools_call");
+}
+
+#[test]
+fn conformance_client_sse_retry() {
+    conformance_client("sse-retry");
+}
+
+#[test]
+fn conformance_client_elicitation_defaults() {
+    conformance_client("elicitation-sep1034-client-defaults");
+}
