@@ -11,7 +11,9 @@ const EXAMPLES: &str = "\
 Examples:
   mcpsm proxy --target memory                        bridge stdio to the registry's daemon `memory`
   mcpsm proxy --url http://127.0.0.1:3001/mcp        bridge stdio to any MCP endpoint
-  mcpsm proxy --url https://mcp.example.com/mcp -H 'Authorization: Bearer TOKEN'
+  mcpsm status                                       what runs, since when, and what failed
+  mcpsm logs memory -f                               follow a daemon's output
+  mcpsm manager stop                                 stop every daemon and the manager
 
 Invoked through a link named `mcpsm-proxy`, mcpsm behaves as `mcpsm proxy`.";
 
@@ -48,6 +50,86 @@ The proxy reads one JSON-RPC message per line on stdin and writes the daemon's m
 stdout, one per line; logs go to stderr. It ignores SIGINT, and exits 0 on stdin EOF, SIGTERM,
 SIGHUP or a closed stdout, ending its session on the daemon (DELETE, at most 0.5 s).")]
     Proxy(ProxyArgs),
+
+    /// Run the manager that owns the daemons (started on demand by proxies; rarely run by hand)
+    #[command(after_help = "\
+Examples:
+  mcpsm manager --detach     start it in the background (no-op when one runs)
+  mcpsm manager              run it in the foreground (Ctrl-C leaves daemons running)
+  mcpsm manager stop         stop every daemon, then the manager
+
+One manager runs per MCPSM_HOME, on 127.0.0.1:<[manager] port> (default 3199).")]
+    Manager(ManagerArgs),
+
+    /// Show every daemon: state, pid, port, transport, uptime, restarts, last error
+    #[command(after_help = "\
+Examples:
+  mcpsm status
+  mcpsm status --json | jq '.daemons[] | select(.state != \"ready\")'")]
+    Status(StatusArgs),
+
+    /// Start a daemon (starting the manager if needed) and wait until it is ready
+    #[command(after_help = "Example:\n  mcpsm start memory")]
+    Start(NameArgs),
+
+    /// Stop a daemon (SIGTERM to its process group, SIGKILL after its stop-timeout)
+    #[command(after_help = "Example:\n  mcpsm stop memory")]
+    Stop(NameArgs),
+
+    /// Stop a daemon, start it again and wait until it is ready
+    #[command(after_help = "Example:\n  mcpsm restart memory")]
+    Restart(NameArgs),
+
+    /// Print a daemon's log ($MCPSM_HOME/logs/NAME.log)
+    #[command(after_help = "\
+Examples:
+  mcpsm logs memory            the last 50 lines
+  mcpsm logs memory -n 200 -f  the last 200, then follow")]
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManagerArgs {
+    /// Start the manager in the background, detached from this terminal, and return once it
+    /// answers
+    #[arg(long)]
+    pub detach: bool,
+
+    #[command(subcommand)]
+    pub action: Option<ManagerAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ManagerAction {
+    /// Stop every daemon, then the manager
+    Stop,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the manager's status report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    /// The daemon's name in the registry
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The daemon's name in the registry
+    pub name: String,
+
+    /// How many lines to print
+    #[arg(short = 'n', long = "lines", default_value_t = 50)]
+    pub lines: usize,
+
+    /// Keep printing lines as they are written
+    #[arg(short = 'f', long)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]

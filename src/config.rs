@@ -18,6 +18,8 @@ use crate::paths;
 
 pub const DEFAULT_MANAGER_PORT: u16 = 3199;
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The registry used when `daemons.toml` does not exist.
 pub const EMBEDDED_DEFAULTS: &str = include_str!("defaults.toml");
@@ -68,9 +70,10 @@ impl std::str::FromStr for TransportKind {
 
 /// A registry error, located in its file.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}: {key}{message}{}", hint.as_ref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
+#[error("{file}{}: {key}{message}{}", if *line > 0 { format!(":{line}") } else { String::new() }, hint.as_ref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
 pub struct ConfigError {
     pub file: String,
+    /// 0 when the error is about the file as a whole.
     pub line: usize,
     /// `key: ` (with the dotted key path), or empty when no key applies.
     pub key: String,
@@ -120,6 +123,8 @@ struct RawDaemon {
     #[serde(default)]
     headers: BTreeMap<String, Spanned<String>>,
     startup_timeout: Option<Spanned<DurationValue>>,
+    stop_timeout: Option<Spanned<DurationValue>>,
+    health_interval: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize)]
@@ -157,8 +162,39 @@ pub struct DaemonSpec {
     pub transport: TransportKind,
     pub headers: Vec<(String, String)>,
     pub startup_timeout: Duration,
+    /// SIGTERM → SIGKILL grace when stopping.
+    pub stop_timeout: Duration,
+    /// Time between health probes of a ready daemon; zero turns them off.
+    pub health_interval: Duration,
     /// `file:line` of the daemon's table, for messages.
     pub defined_at: String,
+}
+
+impl DaemonSpec {
+    /// The registry's `headers`, validated when the spec was resolved.
+    pub fn header_map(&self) -> reqwest::header::HeaderMap {
+        let mut map = reqwest::header::HeaderMap::new();
+        for (key, value) in &self.headers {
+            if let (Ok(name), Ok(value)) = (
+                reqwest::header::HeaderName::from_bytes(key.as_bytes()),
+                reqwest::header::HeaderValue::from_str(value),
+            ) {
+                map.append(name, value);
+            }
+        }
+        map
+    }
+
+    /// The command line, for messages.
+    pub fn command_line(&self) -> Option<String> {
+        let launch = self.launch.as_ref()?;
+        Some(
+            std::iter::once(launch.command.as_str())
+                .chain(launch.args.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+    }
 }
 
 impl Registry {
@@ -242,7 +278,7 @@ impl Registry {
             };
             return Err(ConfigError {
                 file: self.file.clone(),
-                line: 1,
+                line: 0,
                 key: String::new(),
                 message: format!("no daemon named `{name}` in the registry"),
                 hint: Some(hint),
@@ -264,10 +300,13 @@ impl Registry {
                 } else {
                     TransportKind::StreamableHttp
                 });
-        let startup_timeout = match &body.startup_timeout {
-            None => DEFAULT_STARTUP_TIMEOUT,
-            Some(value) => parse_duration(value.get_ref()).map_err(|m| located(value.span(), m))?,
+        let duration = |value: &Option<Spanned<DurationValue>>, default: Duration| match value {
+            None => Ok(default),
+            Some(value) => parse_duration(value.get_ref()).map_err(|m| located(value.span(), m)),
         };
+        let startup_timeout = duration(&body.startup_timeout, DEFAULT_STARTUP_TIMEOUT)?;
+        let stop_timeout = duration(&body.stop_timeout, DEFAULT_STOP_TIMEOUT)?;
+        let health_interval = duration(&body.health_interval, DEFAULT_HEALTH_INTERVAL)?;
         let mut headers = Vec::new();
         for (key, value) in &body.headers {
             let expanded = expand(value)?;
@@ -337,6 +376,8 @@ impl Registry {
             transport,
             headers,
             startup_timeout,
+            stop_timeout,
+            health_interval,
             defined_at: format!(
                 "{}:{}",
                 self.file,
@@ -417,6 +458,9 @@ fn validate_daemon(
                 ("cwd", body.cwd.as_ref().map(Spanned::span)),
                 ("port", body.port.as_ref().map(Spanned::span)),
                 ("path", body.path.as_ref().map(Spanned::span)),
+                ("stop-timeout", body.stop_timeout.as_ref().map(Spanned::span)),
+                ("health-interval", body.health_interval.as_ref().map(Spanned::span)),
+                ("startup-timeout", body.startup_timeout.as_ref().map(Spanned::span)),
             ];
             if let Some((key, Some(span))) = only_with_command.into_iter().find(|(_, s)| s.is_some()) {
                 return Err(located(

@@ -28,4 +28,5 @@ pub mod cmd;
 pub mod config;
 pub mod jsonrpc;
 pub mod paths;
+pub mod supervise;
 pub mod transport;

@@ -6,7 +6,12 @@ use mcpsm::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(mcpsm::cli::args_from_env());
-    init_logging(cli.log_level.as_deref());
+    // The manager's log is where daemons' lives are told; everything else stays quiet.
+    let default_level = match cli.command {
+        mcpsm::cli::Command::Manager(_) => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_level.as_deref(), default_level);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -21,6 +26,7 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
         Ok(code) => code,
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
             for cause in error.chain().skip(1) {
@@ -31,17 +37,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr only: stdout carries JSON-RPC. `--log-level` beats `RUST_LOG`; the
-/// default is `warn`.
-fn init_logging(level: Option<&str>) {
+/// Logs go to stderr only: stdout carries JSON-RPC. `--log-level` beats `RUST_LOG`.
+fn init_logging(level: Option<&str>, default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(level) => EnvFilter::new(level),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// Output piped into `head` and closed early is not an error.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }

@@ -44,6 +44,40 @@ impl Paths {
     pub fn default_registry(&self) -> PathBuf {
         self.home.join("daemons.toml")
     }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.home.join("logs")
+    }
+
+    /// A daemon's stdout and stderr (size-rotated to `NAME.log.1`).
+    pub fn daemon_log(&self, name: &str) -> PathBuf {
+        self.logs_dir().join(format!("{name}.log"))
+    }
+
+    /// The detached manager's own log.
+    pub fn manager_log(&self) -> PathBuf {
+        self.logs_dir().join("manager.log")
+    }
+
+    /// Held by the running manager for its whole life: one manager per home.
+    pub fn manager_lock(&self) -> PathBuf {
+        self.home.join("manager.lock")
+    }
+
+    /// Held by whoever is starting a manager, so concurrent proxies start one, not twenty.
+    pub fn manager_start_lock(&self) -> PathBuf {
+        self.home.join("manager.start.lock")
+    }
+
+    /// The manager's pid, port, version and the daemons it runs (for adoption).
+    pub fn manager_state(&self) -> PathBuf {
+        self.home.join("manager.json")
+    }
+
+    /// The secret the CLI and proxies send to the manager API (mode 0600).
+    pub fn manager_token(&self) -> PathBuf {
+        self.home.join("manager.token")
+    }
 }
 
 /// `$HOME`, if set and not empty.

@@ -1,13 +1,65 @@
-//! One module per subcommand; this file only dispatches.
+//! One module per subcommand; this file only dispatches and resolves the settings they share.
 
+mod control;
+mod logs;
+mod manager;
 mod proxy;
+mod status;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
+use crate::config::{LoadError, Registry};
+use crate::paths::Paths;
+
+/// Where mcpsm keeps its state and which registry applies.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub paths: Paths,
+    pub registry_path: PathBuf,
+    /// Named by `--registry`/`MCPSM_REGISTRY`: it must exist.
+    pub registry_explicit: bool,
+}
+
+impl Settings {
+    fn new(registry: Option<PathBuf>) -> anyhow::Result<Settings> {
+        let paths = Paths::from_env()?;
+        let (registry_path, registry_explicit) = match registry {
+            Some(path) => (path, true),
+            None => (paths.default_registry(), false),
+        };
+        Ok(Settings {
+            paths,
+            registry_path,
+            registry_explicit,
+        })
+    }
+
+    pub fn registry(&self) -> Result<Registry, LoadError> {
+        Registry::load(&self.registry_path, self.registry_explicit)
+    }
+
+    /// The registry path to hand to a manager this process starts, if it is not the default.
+    pub fn explicit_registry(&self) -> Option<&std::path::Path> {
+        self.registry_explicit.then_some(self.registry_path.as_path())
+    }
+}
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Proxy(args) => proxy::run(args, cli.registry).await,
+        command => {
+            let settings = Settings::new(cli.registry)?;
+            match command {
+                Command::Proxy(_) => unreachable!("handled above"),
+                Command::Manager(args) => manager::run(args, settings).await,
+                Command::Status(args) => status::run(args, settings).await,
+                Command::Start(args) => control::run("start", args, settings).await,
+                Command::Stop(args) => control::run("stop", args, settings).await,
+                Command::Restart(args) => control::run("restart", args, settings).await,
+                Command::Logs(args) => logs::run(args, settings).await,
+            }
+        }
     }
 }

@@ -11,8 +11,9 @@
 use std::io::{BufReader, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -27,9 +28,12 @@ use crate::cli::ProxyArgs;
 use crate::config::{Registry, TransportKind};
 use crate::jsonrpc::{Kind, Message, PARSE_ERROR, UPSTREAM_ERROR};
 use crate::paths::Paths;
+use crate::supervise::client::{connect_or_start, ClientError};
 use crate::transport::stdio::{Line, LineReader};
 use crate::transport::{Options, Upstream};
 
+/// How long a failed ensure is the answer before it is tried again.
+const ENSURE_RETRY: Duration = Duration::from_secs(2);
 /// How long requests still in flight at stdin EOF may take to finish.
 const EOF_GRACE: Duration = Duration::from_secs(5);
 /// Bound on the best-effort DELETE at exit.
@@ -44,7 +48,7 @@ enum Input {
 
 /// Where requests go: a daemon, or nowhere with a reason (a registry problem, say).
 enum Backend {
-    Upstream(Arc<Upstream>),
+    Upstream(Arc<Upstream>, Option<Arc<Gate>>),
     Unusable(String),
 }
 
@@ -61,8 +65,16 @@ pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<E
 
     let shutdown = CancellationToken::new();
     let backend = match resolve(&args, registry) {
-        Ok(options) => match Upstream::new(options, out_tx.clone(), shutdown.clone()) {
-            Ok(upstream) => Backend::Upstream(upstream),
+        Ok((options, gate)) => match Upstream::new(options, out_tx.clone(), shutdown.clone()) {
+            Ok(upstream) => {
+                let gate = gate.map(Arc::new);
+                if let Some(gate) = &gate {
+                    // Start ensuring now, while the client is still starting up.
+                    let early = gate.clone();
+                    tokio::spawn(async move { early.pass().await });
+                }
+                Backend::Upstream(upstream, gate)
+            }
             Err(e) => Backend::Unusable(format!("mcpsm cannot build its HTTP client: {e}")),
         },
         Err(e) => {
@@ -78,7 +90,7 @@ pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<E
         _ = sigterm.recv() => debug!("SIGTERM"),
         _ = sighup.recv() => debug!("SIGHUP"),
     }
-    if let Backend::Upstream(upstream) = &backend {
+    if let Backend::Upstream(upstream, _) = &backend {
         upstream.close(DELETE_LIMIT).await;
     }
     // Tasks still in flight hold senders too: an empty message tells the writer to flush
@@ -98,14 +110,22 @@ async fn relay(mut input: mpsc::Receiver<Input>, backend: &Backend, out: &mpsc::
             Input::Messages(messages) => {
                 for message in messages {
                     match backend {
-                        Backend::Upstream(upstream) => upstream.send(message).await,
+                        Backend::Upstream(upstream, gate) => {
+                            if let Some(gate) = gate {
+                                if let Err(why) = gate.pass().await {
+                                    refuse(&message, &why, out).await;
+                                    continue;
+                                }
+                            }
+                            upstream.send(message).await;
+                        }
                         Backend::Unusable(why) => refuse(&message, why, out).await,
                     }
                 }
             }
         }
     }
-    if let Backend::Upstream(upstream) = backend {
+    if let Backend::Upstream(upstream, _) = backend {
         upstream.wait_idle(EOF_GRACE).await;
     }
 }
@@ -118,8 +138,9 @@ async fn refuse(message: &Message, why: &str, out: &mpsc::Sender<Bytes>) {
 }
 
 /// Turns the arguments (and the registry, for `--target`) into transport options.
-fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<Options> {
+fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<(Options, Option<Gate>)> {
     let mut headers = HeaderMap::new();
+    let mut gate = None;
     let (url, transport, label, unreachable_hint, failure_hint) = match (&args.target, &args.url) {
         (Some(name), _) => {
             let (path, explicit) = match registry {
@@ -128,32 +149,32 @@ fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<Option
             };
             let registry = Registry::load(&path, explicit)?;
             let daemon = registry.daemon(name)?;
-            for (key, value) in &daemon.headers {
-                headers.append(
-                    HeaderName::from_bytes(key.as_bytes())?,
-                    HeaderValue::from_str(value)?,
-                );
-            }
+            headers = daemon.header_map();
             let label = format!("daemon \"{name}\" ({})", daemon.url);
-            let unreachable_hint = match &daemon.launch {
-                Some(launch) => format!(
-                    "the daemon is not running; start it (`{}` with port {}), as defined at {}",
-                    std::iter::once(launch.command.as_str())
-                        .chain(launch.args.iter().map(String::as_str))
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    launch.port,
-                    daemon.defined_at
-                ),
-                None => format!(
-                    "check that the server at {} is up and reachable (defined at {})",
-                    daemon.url, daemon.defined_at
-                ),
+            let paths = Paths::from_env()?;
+            let log = paths.daemon_log(name);
+            let (unreachable_hint, failure_hint) = if daemon.launch.is_some() {
+                gate = Some(Gate {
+                    paths,
+                    registry: explicit.then_some(path),
+                    manager_port: registry.manager_port(),
+                    name: name.clone(),
+                    ready: AtomicBool::new(false),
+                    last: tokio::sync::Mutex::new(None),
+                });
+                (
+                    format!("see `mcpsm status` and its log {}", log.display()),
+                    format!("see its log {} (`mcpsm logs {name}`)", log.display()),
+                )
+            } else {
+                (
+                    format!(
+                        "check that the server at {} is up and reachable (defined at {})",
+                        daemon.url, daemon.defined_at
+                    ),
+                    format!("check the logs of the server at {}", daemon.url),
+                )
             };
-            let failure_hint = format!(
-                "check the output of daemon \"{name}\" (defined at {})",
-                daemon.defined_at
-            );
             (
                 daemon.url,
                 daemon.transport,
@@ -195,7 +216,7 @@ fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<Option
         })?;
         headers.insert(name, value);
     }
-    Ok(Options {
+    let options = Options {
         url,
         transport: args.transport.unwrap_or(transport),
         headers,
@@ -203,7 +224,69 @@ fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<Option
         unreachable_hint,
         failure_hint,
         max_message_bytes: args.max_message_bytes,
-    })
+    };
+    Ok((options, gate))
+}
+
+/// For a daemon the manager runs: before the first message, ask the manager to ensure it
+/// (starting a manager if none answers). A failure is remembered for a moment, so a burst of
+/// requests gets the same answer instead of a burst of starts, then tried again.
+struct Gate {
+    paths: Paths,
+    registry: Option<PathBuf>,
+    manager_port: u16,
+    name: String,
+    ready: AtomicBool,
+    last: tokio::sync::Mutex<Option<(Instant, String)>>,
+}
+
+impl Gate {
+    async fn pass(&self) -> Result<(), String> {
+        if self.ready.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut last = self.last.lock().await;
+        if self.ready.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if let Some((at, why)) = &*last {
+            if at.elapsed() < ENSURE_RETRY {
+                return Err(why.clone());
+            }
+        }
+        match self.ensure().await {
+            Ok(()) => {
+                self.ready.store(true, Ordering::Relaxed);
+                *last = None;
+                Ok(())
+            }
+            Err(why) => {
+                warn!("{why}");
+                *last = Some((Instant::now(), why.clone()));
+                Err(why)
+            }
+        }
+    }
+
+    async fn ensure(&self) -> Result<(), String> {
+        let name = &self.name;
+        let client = connect_or_start(&self.paths, self.registry.as_deref(), self.manager_port)
+            .await
+            .map_err(|e| format!("mcpsm could not start daemon \"{name}\": {e}"))?;
+        match client.daemon_action("ensure", name).await {
+            Ok(_) => Ok(()),
+            Err(ClientError::Api { message, daemon, .. }) => {
+                let log = daemon.map_or_else(
+                    || self.paths.daemon_log(name).display().to_string(),
+                    |d| d.log_file,
+                );
+                Err(format!(
+                    "{message}\nhint: read its log {log} (`mcpsm logs {name}`), fix the cause, then `mcpsm start {name}`"
+                ))
+            }
+            Err(e) => Err(format!("mcpsm could not start daemon \"{name}\": {e}")),
+        }
+    }
 }
 
 /// Reads and parses stdin on its own thread, so the async side only routes.

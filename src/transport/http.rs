@@ -32,7 +32,7 @@ pub fn client(url: &Url) -> Result<reqwest::Client, reqwest::Error> {
 }
 
 /// reqwest is built without a default TLS provider (aws-lc is slow to build); use ring.
-fn install_crypto_provider() {
+pub fn install_crypto_provider() {
     // Fails only if a provider is already installed, which is what we want anyway.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
@@ -166,3 +166,18 @@ impl EventStream {
         self.decoder.retry_ms().map(Duration::from_millis)
     }
 }
+
+/// The innermost cause of an HTTP error, which is the part a person can act on.
+pub fn cause(error: &reqwest::Error) -> String {
+    let mut source: &dyn std::error::Error = error;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    let text = source.to_string();
+    if error.is_timeout() {
+        format!("timed out ({text})")
+    } else {
+        text
+    }
+}
+

@@ -15,7 +15,8 @@ use tracing::{debug, warn};
 use url::Url;
 
 use super::http::{self, EventStream};
-use super::streamable::{cause, failure_of};
+use super::http::cause;
+use super::streamable::failure_of;
 use super::{Failure, Shared};
 use crate::jsonrpc::Message;
 

@@ -21,7 +21,7 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use tracing::{debug, warn};
 
-use super::http::{self, EventStream, StreamError};
+use super::http::{self, cause, EventStream, StreamError};
 use super::{Failure, Shared};
 use crate::jsonrpc::{method, Id, Kind, Message};
 
@@ -553,20 +553,6 @@ fn error_of(reply: &Message) -> Option<(i64, String)> {
     }
     let outer: Outer = serde_json::from_slice(reply.bytes()).ok()?;
     Some((outer.error.code, outer.error.message))
-}
-
-/// The innermost cause of an HTTP error, which is the part a person can act on.
-pub(crate) fn cause(error: &reqwest::Error) -> String {
-    let mut source: &dyn std::error::Error = error;
-    while let Some(next) = source.source() {
-        source = next;
-    }
-    let text = source.to_string();
-    if error.is_timeout() {
-        format!("timed out ({text})")
-    } else {
-        text
-    }
 }
 
 pub(crate) fn failure_of(error: &reqwest::Error) -> Failure {

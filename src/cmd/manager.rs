@@ -1,0 +1,473 @@
+//! `mcpsm manager [--detach]` and `mcpsm manager stop`: the process that owns the daemons, and
+//! its loopback HTTP API.
+//!
+//! API (JSON in and out; `{"name": "NAME"}` bodies where a daemon is meant):
+//! `GET /ping`, `GET /status`, `GET /logs/NAME?tail=N` (text), and with
+//! `Authorization: Bearer <manager.token>`: `POST /start`, `/stop`, `/restart`, `/ensure`,
+//! `/start-all`, `/stop-all`, `/shutdown`. It binds 127.0.0.1 only and answers 403 to a
+//! `Host` that is not loopback or an `Origin` from elsewhere (DNS rebinding), 401 to a
+//! mutating request without the token, 413 to a body over 16 KiB.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::Settings;
+use crate::cli::{ManagerAction, ManagerArgs};
+use crate::paths::Paths;
+use crate::supervise::client::{ClientError, ManagerClient};
+use crate::supervise::daemon::{unix_now, Context};
+use crate::supervise::manager::{Manager, ManagerError};
+use crate::supervise::state::{ManagerState, StateFile};
+use crate::supervise::{logs, process};
+
+const BODY_LIMIT: usize = 16 * 1024;
+const DETACH_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub async fn run(args: ManagerArgs, settings: Settings) -> anyhow::Result<ExitCode> {
+    let port = settings.registry()?.manager_port();
+    match (args.action, args.detach) {
+        (Some(ManagerAction::Stop), _) => stop(&settings, port).await,
+        (None, true) => detach(&settings, port).await,
+        (None, false) => serve(settings, port).await,
+    }
+}
+
+/// Starts the manager in a new session with its output in `logs/manager.log`, and returns
+/// once it answers.
+async fn detach(settings: &Settings, port: u16) -> anyhow::Result<ExitCode> {
+    let paths = &settings.paths;
+    let client = ManagerClient::new(paths, port);
+    if let Ok(info) = client.ping().await {
+        println!("mcpsm manager is already running at 127.0.0.1:{} (pid {})", info.port, info.pid);
+        return Ok(ExitCode::SUCCESS);
+    }
+    std::fs::create_dir_all(paths.logs_dir())
+        .with_context(|| format!("creating {}", paths.logs_dir().display()))?;
+    let log_path = paths.manager_log();
+    let _ = logs::rotate_if_large(&log_path, logs::MAX_LOG_BYTES);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("finding the mcpsm binary")?;
+    let mut command = std::process::Command::new(exe);
+    if settings.registry_explicit {
+        command.arg("--registry").arg(&settings.registry_path);
+    }
+    command
+        .arg("manager")
+        .env(crate::paths::HOME_ENV, paths.home())
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    process::detach(&mut command);
+    let mut child = command.spawn().context("starting the manager")?;
+    let deadline = Instant::now() + DETACH_TIMEOUT;
+    loop {
+        if let Ok(info) = client.ping().await {
+            println!("mcpsm manager running at 127.0.0.1:{} (pid {})", info.port, info.pid);
+            return Ok(ExitCode::SUCCESS);
+        }
+        // Exit 0 means another manager won the lock: wait for that one to answer.
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                anyhow::bail!(
+                    "the manager exited ({status}) before answering on 127.0.0.1:{port}; {}",
+                    logs::tail_for_message(&log_path, 10)
+                );
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "the manager did not answer on 127.0.0.1:{port} within {DETACH_TIMEOUT:?}; {}",
+                logs::tail_for_message(&log_path, 10)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// `mcpsm manager stop`: stops every daemon and the manager.
+async fn stop(settings: &Settings, port: u16) -> anyhow::Result<ExitCode> {
+    let client = ManagerClient::new(&settings.paths, port);
+    match client.action("shutdown").await {
+        Ok(_) => {}
+        Err(ClientError::NotRunning { .. }) => {
+            println!("no mcpsm manager is running on 127.0.0.1:{port}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.ping().await.is_ok() {
+        if Instant::now() > deadline {
+            anyhow::bail!("the manager on 127.0.0.1:{port} stopped its daemons but did not exit");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    println!("mcpsm manager stopped, and its daemons with it");
+    Ok(ExitCode::SUCCESS)
+}
+
+struct App {
+    manager: Manager,
+    paths: Paths,
+    token: String,
+    token_path: PathBuf,
+    port: u16,
+    exit: CancellationToken,
+}
+
+/// Runs the manager in the foreground until SIGTERM/SIGINT (daemons keep running, for the next
+/// manager to adopt) or `POST /shutdown` (daemons are stopped).
+async fn serve(settings: Settings, port: u16) -> anyhow::Result<ExitCode> {
+    let paths = settings.paths.clone();
+    std::fs::create_dir_all(paths.logs_dir())
+        .with_context(|| format!("creating {}", paths.logs_dir().display()))?;
+    let lock_path = paths.manager_lock();
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    let mut lock = fd_lock::RwLock::new(lock_file);
+    let Ok(_guard) = lock.try_write() else {
+        let state = ManagerState::read(&paths.manager_state()).unwrap_or_default();
+        println!(
+            "mcpsm manager is already running at 127.0.0.1:{} (pid {})",
+            state.port, state.pid
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    let token = load_or_create_token(&paths)?;
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(listener) => listener,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+            "the manager cannot listen: {}\nhint: stop that process, or set another `[manager] port` in {}",
+            process::describe_port_in_use(port),
+            settings.registry_path.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("binding 127.0.0.1:{port}")),
+    };
+    let previous = ManagerState::read(&paths.manager_state());
+    let state_file = Arc::new(StateFile::new(
+        paths.manager_state(),
+        ManagerState {
+            pid: std::process::id(),
+            port,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: unix_now(),
+            daemons: Default::default(),
+        },
+    ));
+    let context = Arc::new(Context {
+        paths: paths.clone(),
+        state_file: state_file.clone(),
+    });
+    let manager = Manager::new(context, settings.registry_path.clone(), settings.registry_explicit, port);
+    if let Some(previous) = previous {
+        manager.adopt(&previous).await;
+    }
+    state_file.write().await;
+    let exit = CancellationToken::new();
+    let app = Arc::new(App {
+        manager,
+        paths: paths.clone(),
+        token,
+        token_path: paths.manager_token(),
+        port,
+        exit: exit.clone(),
+    });
+    info!(pid = std::process::id(), "mcpsm manager listening on 127.0.0.1:{port}");
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let stopping = exit.clone();
+    let signals = async move {
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+                _ = sighup.recv() => info!("SIGHUP ignored"),
+                () = stopping.cancelled() => break,
+            }
+        }
+    };
+    axum::serve(listener, router(app.clone()))
+        .with_graceful_shutdown(signals)
+        .await
+        .context("serving the manager API")?;
+    // After /shutdown the daemons are stopped already; after a signal they keep running.
+    app.manager.shutdown(false).await;
+    info!("mcpsm manager exiting");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/ping", get(ping))
+        .route("/status", get(status))
+        .route("/logs/{name}", get(logs_of))
+        .route("/start", post(|s, b| daemon_action(s, b, "start")))
+        .route("/stop", post(|s, b| daemon_action(s, b, "stop")))
+        .route("/restart", post(|s, b| daemon_action(s, b, "restart")))
+        .route("/ensure", post(|s, b| daemon_action(s, b, "ensure")))
+        .route("/start-all", post(start_all))
+        .route("/stop-all", post(stop_all))
+        .route("/shutdown", post(shutdown))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
+        .with_state(app)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// DNS-rebinding protection and authentication, before any handler.
+async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers.get(HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !host_is_loopback(host) {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("Host `{host}` is not a loopback address; the mcpsm manager only answers 127.0.0.1 (DNS rebinding protection)"),
+        );
+    }
+    if let Some(origin) = headers.get(ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        if !origin_is_loopback(origin) {
+            return error(StatusCode::FORBIDDEN, format!("Origin `{origin}` is not allowed"));
+        }
+    }
+    if request.method() == Method::POST && !authorized(request.headers(), &app.token) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "this request needs `Authorization: Bearer <token>` with the token in {}",
+                app.token_path.display()
+            ),
+        );
+    }
+    next.run(request).await
+}
+
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    // Constant-time comparison: the token must not leak through timing.
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// `127.0.0.1`, `localhost` or `[::1]`, with or without a port.
+pub fn host_is_loopback(host: &str) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+            _ => host,
+        }
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn origin_is_loopback(origin: &str) -> bool {
+    url::Url::parse(origin).is_ok_and(|url| {
+        matches!(url.scheme(), "http" | "https") && crate::transport::http::is_loopback(&url)
+    })
+}
+
+async fn ping(State(app): State<Arc<App>>) -> Response {
+    Json(&app.manager.info).into_response()
+}
+
+async fn status(State(app): State<Arc<App>>) -> Response {
+    Json(app.manager.status().await).into_response()
+}
+
+#[derive(Deserialize)]
+struct TailQuery {
+    tail: Option<usize>,
+}
+
+async fn logs_of(State(app): State<Arc<App>>, Path(name): Path<String>, Query(query): Query<TailQuery>) -> Response {
+    let report = app.manager.status().await;
+    if !report.daemons.iter().any(|d| d.name == name) {
+        let known: Vec<&str> = report.daemons.iter().map(|d| d.name.as_str()).collect();
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": format!("no daemon named `{name}`"), "known": known })),
+        )
+            .into_response();
+    }
+    let path = app.paths.daemon_log(&name);
+    let lines = logs::tail(&path, query.tail.unwrap_or(100).min(10_000));
+    let mut text = lines.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    text.into_response()
+}
+
+#[derive(Deserialize)]
+struct NameBody {
+    name: String,
+}
+
+async fn daemon_action(State(app): State<Arc<App>>, body: Bytes, action: &'static str) -> Response {
+    let Ok(NameBody { name }) = serde_json::from_slice(&body) else {
+        return error(StatusCode::BAD_REQUEST, r#"the body must be {"name": "DAEMON"}"#);
+    };
+    let manager = &app.manager;
+    let result = match action {
+        "start" => manager.start(&name).await,
+        "stop" => manager.stop(&name).await,
+        "restart" => manager.restart(&name).await,
+        _ => manager.ensure(&name).await,
+    };
+    match result {
+        Ok(status) => Json(status).into_response(),
+        Err(e) => manager_error(e),
+    }
+}
+
+fn manager_error(e: ManagerError) -> Response {
+    let message = e.to_string();
+    match e {
+        ManagerError::UnknownDaemon { known, .. } => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": message, "known": known })),
+        )
+            .into_response(),
+        ManagerError::Registry(_) => error(StatusCode::UNPROCESSABLE_ENTITY, message),
+        ManagerError::NotManaged { .. } => error(StatusCode::CONFLICT, message),
+        ManagerError::NotReady(status) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": message, "daemon": status })),
+        )
+            .into_response(),
+    }
+}
+
+async fn start_all(State(app): State<Arc<App>>) -> Response {
+    match app.manager.start_all().await {
+        Ok(results) => {
+            let results: Vec<serde_json::Value> = results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(status) => json!({ "ok": true, "daemon": status }),
+                    Err(error) => json!({ "ok": false, "error": error }),
+                })
+                .collect();
+            Json(results).into_response()
+        }
+        Err(e) => manager_error(e),
+    }
+}
+
+async fn stop_all(State(app): State<Arc<App>>) -> Response {
+    Json(app.manager.stop_all().await).into_response()
+}
+
+async fn shutdown(State(app): State<Arc<App>>) -> Response {
+    let stopped = app.manager.stop_all().await;
+    app.manager.shutdown(true).await;
+    warn!("shutdown requested through the API on port {}", app.port);
+    app.exit.cancel();
+    Json(json!({ "stopped": stopped })).into_response()
+}
+
+/// The API secret: 32 hex characters from /dev/urandom in a 0600 file, made on first start.
+fn load_or_create_token(paths: &Paths) -> anyhow::Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = paths.manager_token();
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        if existing.trim().len() >= 32 {
+            return Ok(existing.trim().to_owned());
+        }
+    }
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom for the manager token")?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let temp = path.with_extension("token.tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&temp)
+        .with_context(|| format!("creating {}", temp.display()))?;
+    std::io::Write::write_all(&mut file, token.as_bytes())?;
+    std::fs::rename(&temp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for host in ["127.0.0.1", "127.0.0.1:3199", "localhost:80", "LOCALHOST", "[::1]:3199", "[::1]"] {
+            assert!(host_is_loopback(host), "{host}");
+        }
+        for host in ["evil.example.com", "evil.example.com:3199", "10.0.0.1:3199", "", "localhost.evil.com"] {
+            assert!(!host_is_loopback(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn loopback_origins() {
+        assert!(origin_is_loopback("http://localhost:3000"));
+        assert!(origin_is_loopback("http://127.0.0.1"));
+        assert!(!origin_is_loopback("http://evil.example.com"));
+        assert!(!origin_is_loopback("null"));
+    }
+
+    #[test]
+    fn bearer_tokens_must_match_exactly() {
+        let mut headers = HeaderMap::new();
+        assert!(!authorized(&headers, "abc"));
+        headers.insert(AUTHORIZATION, "Bearer abc".parse().expect("header"));
+        assert!(authorized(&headers, "abc"));
+        assert!(!authorized(&headers, "abd"));
+        assert!(!authorized(&headers, "abcd"));
+    }
+}

@@ -1,0 +1,102 @@
+//! `mcpsm status [--json]`: every daemon of the registry, as the manager sees it.
+
+use std::process::ExitCode;
+
+use super::Settings;
+use crate::cli::StatusArgs;
+use crate::supervise::client::{ClientError, ManagerClient};
+use crate::supervise::daemon::DaemonStatus;
+
+pub async fn run(args: StatusArgs, settings: Settings) -> anyhow::Result<ExitCode> {
+    let registry = settings.registry()?;
+    let client = ManagerClient::new(&settings.paths, registry.manager_port());
+    let report = match client.status().await {
+        Ok(report) => report,
+        Err(ClientError::NotRunning { port }) => {
+            if args.json {
+                println!("{}", serde_json::json!({ "manager": null, "daemons": [] }));
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("manager: not running (127.0.0.1:{port}); it starts with the first proxy, or `mcpsm manager --detach`");
+            let statuses: Vec<DaemonStatus> = registry
+                .names()
+                .filter_map(|name| registry.daemon(name).ok())
+                .map(|spec| DaemonStatus::new(&spec, &settings.paths))
+                .collect();
+            print_table(&statuses);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let manager = &report.manager;
+    println!(
+        "manager: running at 127.0.0.1:{} (pid {}, version {}, up {})",
+        manager.port,
+        manager.pid,
+        manager.version,
+        human_duration(crate::supervise::daemon::unix_now().saturating_sub(manager.started_at))
+    );
+    if let Some(error) = &report.registry_error {
+        println!("registry: {error}");
+    }
+    print_table(&report.daemons);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(daemons: &[DaemonStatus]) {
+    if daemons.is_empty() {
+        println!("no daemons in the registry");
+        return;
+    }
+    let rows: Vec<[String; 7]> = daemons
+        .iter()
+        .map(|d| {
+            [
+                d.name.clone(),
+                d.state.as_str().to_owned(),
+                d.pid.map_or("-".into(), |p| p.to_string()),
+                d.port.map_or("-".into(), |p| p.to_string()),
+                d.transport.clone(),
+                d.uptime_secs.map_or("-".into(), human_duration),
+                d.restarts.to_string(),
+            ]
+        })
+        .collect();
+    let headers = ["NAME", "STATE", "PID", "PORT", "TRANSPORT", "UPTIME", "RESTARTS"];
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).chain([headers[i].len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    println!("{}", line(headers.to_vec()));
+    for (row, daemon) in rows.iter().zip(daemons) {
+        println!("{}", line(row.iter().map(String::as_str).collect()));
+        if let Some(error) = &daemon.last_error {
+            for (i, text) in error.lines().enumerate() {
+                let label = if i == 0 { "  last error: " } else { "    " };
+                println!("{label}{text}");
+            }
+        }
+    }
+}
+
+pub fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}

@@ -1,0 +1,241 @@
+//! The manager API as the proxy and the CLI use it, and starting a manager when none answers.
+//!
+//! Starting is serialized by `manager.start.lock`: of many proxies that find no manager at
+//! once, one starts it and the others wait for it. The manager is started through
+//! `mcpsm manager --detach`, which puts it in a session of its own with no inherited
+//! descriptors, so the client that ran the proxy never waits on it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use super::daemon::DaemonStatus;
+use super::logs;
+use super::manager::{ManagerInfo, StatusReport};
+use crate::paths::Paths;
+
+/// How long a new manager may take to answer `/ping`.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no mcpsm manager is running on 127.0.0.1:{port}")]
+    NotRunning { port: u16 },
+    #[error("{message}")]
+    Api {
+        status: u16,
+        message: String,
+        daemon: Option<Box<DaemonStatus>>,
+    },
+    #[error("talking to the mcpsm manager on 127.0.0.1:{port} failed: {cause}")]
+    Http { port: u16, cause: String },
+    #[error("{0}")]
+    Start(String),
+}
+
+#[derive(Clone)]
+pub struct ManagerClient {
+    http: reqwest::Client,
+    port: u16,
+    token_path: PathBuf,
+}
+
+impl ManagerClient {
+    pub fn new(paths: &Paths, port: u16) -> ManagerClient {
+        crate::transport::http::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap_or_default();
+        ManagerClient {
+            http,
+            port,
+            token_path: paths.manager_token(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn http_error(&self, e: &reqwest::Error) -> ClientError {
+        if e.is_connect() {
+            ClientError::NotRunning { port: self.port }
+        } else {
+            ClientError::Http {
+                port: self.port,
+                cause: crate::transport::http::cause(e),
+            }
+        }
+    }
+
+    pub async fn ping(&self) -> Result<ManagerInfo, ClientError> {
+        let request = self.http.get(self.url("/ping")).timeout(Duration::from_secs(5));
+        self.call(request).await
+    }
+
+    pub async fn status(&self) -> Result<StatusReport, ClientError> {
+        self.call(self.http.get(self.url("/status"))).await
+    }
+
+    pub async fn logs(&self, name: &str, tail: usize) -> Result<String, ClientError> {
+        let response = self
+            .http
+            .get(self.url(&format!("/logs/{name}?tail={tail}")))
+            .send()
+            .await
+            .map_err(|e| self.http_error(&e))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| self.http_error(&e))?;
+        if status.is_success() {
+            Ok(text)
+        } else {
+            Err(api_error(status, &text))
+        }
+    }
+
+    /// `POST /start`, `/stop`, `/restart` or `/ensure` for daemon `name`.
+    pub async fn daemon_action(&self, action: &str, name: &str) -> Result<DaemonStatus, ClientError> {
+        let request = self.post(action, &json!({ "name": name }))?;
+        self.call(request).await
+    }
+
+    /// `POST /start-all`, `/stop-all` or `/shutdown`.
+    pub async fn action(&self, action: &str) -> Result<Value, ClientError> {
+        let request = self.post(action, &json!({}))?;
+        self.call(request).await
+    }
+
+    fn post(&self, action: &str, body: &Value) -> Result<reqwest::RequestBuilder, ClientError> {
+        let token = std::fs::read_to_string(&self.token_path).map_err(|e| ClientError::Http {
+            port: self.port,
+            cause: format!("cannot read the manager token {}: {e}", self.token_path.display()),
+        })?;
+        Ok(self
+            .http
+            .post(self.url(&format!("/{action}")))
+            .header(AUTHORIZATION, format!("Bearer {}", token.trim()))
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.to_string()))
+    }
+
+    async fn call<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, ClientError> {
+        let response = request.send().await.map_err(|e| self.http_error(&e))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| self.http_error(&e))?;
+        if !status.is_success() {
+            return Err(api_error(status, &String::from_utf8_lossy(&body)));
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Http {
+            port: self.port,
+            cause: format!("unexpected answer ({e})"),
+        })
+    }
+}
+
+fn api_error(status: StatusCode, body: &str) -> ClientError {
+    let value: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let message = value["error"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("the manager answered HTTP {}: {}", status.as_u16(), body.trim()));
+    let daemon = serde_json::from_value(value["daemon"].clone()).ok().map(Box::new);
+    ClientError::Api {
+        status: status.as_u16(),
+        message,
+        daemon,
+    }
+}
+
+/// A client for the running manager, starting one (detached) when none answers.
+pub async fn connect_or_start(
+    paths: &Paths,
+    registry: Option<&Path>,
+    port: u16,
+) -> Result<ManagerClient, ClientError> {
+    let client = ManagerClient::new(paths, port);
+    match client.ping().await {
+        Ok(_) => return Ok(client),
+        Err(ClientError::NotRunning { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(paths.home()).map_err(|e| {
+        ClientError::Start(format!("cannot create {}: {e}", paths.home().display()))
+    })?;
+    let lock_path = paths.manager_start_lock();
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| ClientError::Start(format!("cannot open {}: {e}", lock_path.display())))?;
+    let mut lock = fd_lock::RwLock::new(lock_file);
+    let deadline = Instant::now() + START_TIMEOUT + Duration::from_secs(5);
+    // A try-lock loop keeps the runtime free; whoever holds the lock is starting a manager.
+    let _guard = loop {
+        match lock.try_write() {
+            Ok(guard) => break guard,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if client.ping().await.is_ok() {
+                    return Ok(client);
+                }
+            }
+            Err(e) => {
+                return Err(ClientError::Start(format!(
+                    "another process holds {} and no manager answered within {:?}: {e}",
+                    lock_path.display(),
+                    START_TIMEOUT
+                )))
+            }
+        }
+    };
+    if client.ping().await.is_ok() {
+        return Ok(client);
+    }
+    start_detached(paths, registry).await?;
+    Ok(client)
+}
+
+/// Runs `mcpsm manager --detach` and waits for it: it returns once the manager answers.
+async fn start_detached(paths: &Paths, registry: Option<&Path>) -> Result<(), ClientError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| ClientError::Start(format!("cannot find the mcpsm binary: {e}")))?;
+    let mut command = tokio::process::Command::new(&exe);
+    if let Some(registry) = registry {
+        command.arg("--registry").arg(registry);
+    }
+    command
+        .args(["manager", "--detach"])
+        .env(crate::paths::HOME_ENV, paths.home())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = command
+        .spawn()
+        .map_err(|e| ClientError::Start(format!("cannot run {} manager --detach: {e}", exe.display())))?;
+    let output = tokio::time::timeout(START_TIMEOUT + Duration::from_secs(5), child.wait_with_output())
+        .await
+        .map_err(|_| ClientError::Start(format!("`mcpsm manager --detach` did not finish within {START_TIMEOUT:?}")))?
+        .map_err(|e| ClientError::Start(format!("waiting for `mcpsm manager --detach` failed: {e}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    Err(ClientError::Start(format!(
+        "the mcpsm manager could not start: {}\n{}",
+        stderr.trim(),
+        logs::tail_for_message(&paths.manager_log(), 5)
+    )))
+}

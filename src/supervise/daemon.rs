@@ -1,0 +1,659 @@
+//! One actor per daemon: the only owner of its process.
+//!
+//! The rest of the manager holds a cloneable [`DaemonHandle`], sends it commands and reads its
+//! [`DaemonStatus`] from a watch channel. The actor spawns the process, waits until it answers
+//! an MCP `initialize` (ready), probes it at an interval (a hung daemon is restarted after
+//! [`HEALTH_FAILURES`] failed probes), and restarts it with exponential backoff and jitter when
+//! it exits unexpectedly. [`CRASH_LOOP_AFTER`] fast failures in a row make it crash-looping:
+//! `ensure` then fails at once with the log tail, and a retry happens only every
+//! [`CRASH_LOOP_RETRY`] or on an explicit start. Stopping sends SIGTERM to the daemon's process
+//! group, then SIGKILL after the daemon's `stop-timeout`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::logs;
+use super::probe::probe;
+use super::process::{self, Stopped};
+use super::state::{DaemonRecord, StateFile};
+use crate::config::DaemonSpec;
+use crate::paths::Paths;
+
+/// Failed health probes in a row before a daemon counts as hung and is restarted.
+pub const HEALTH_FAILURES: u32 = 3;
+/// Fast failures in a row (exits or failed starts) that make a daemon crash-looping.
+pub const CRASH_LOOP_AFTER: u32 = 5;
+/// How often a crash-looping daemon is tried again on its own.
+pub const CRASH_LOOP_RETRY: Duration = Duration::from_secs(60);
+/// A daemon that stayed up this long has its failure count reset.
+const HEALTHY_PERIOD: Duration = Duration::from_secs(30);
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+const LOG_TAIL_LINES: usize = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DaemonState {
+    Stopped,
+    Starting,
+    Ready,
+    BackingOff,
+    CrashLooping,
+    Stopping,
+    Failed,
+    /// A `url` daemon: mcpsm does not run it.
+    External,
+}
+
+impl DaemonState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DaemonState::Stopped => "stopped",
+            DaemonState::Starting => "starting",
+            DaemonState::Ready => "ready",
+            DaemonState::BackingOff => "backing-off",
+            DaemonState::CrashLooping => "crash-looping",
+            DaemonState::Stopping => "stopping",
+            DaemonState::Failed => "failed",
+            DaemonState::External => "external",
+        }
+    }
+
+    /// States a start waits for: it either worked or will not without help.
+    fn settled(self) -> bool {
+        matches!(
+            self,
+            DaemonState::Ready | DaemonState::Failed | DaemonState::CrashLooping | DaemonState::Stopped
+        )
+    }
+}
+
+/// What the manager API reports about one daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub name: String,
+    pub state: DaemonState,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    pub url: String,
+    pub transport: String,
+    /// Unix seconds when the current process was started.
+    pub started_at: Option<u64>,
+    pub uptime_secs: Option<u64>,
+    pub restarts: u32,
+    pub last_error: Option<String>,
+    pub log_file: String,
+    /// Taken over from a previous manager rather than started by this one.
+    #[serde(default)]
+    pub adopted: bool,
+}
+
+impl DaemonStatus {
+    pub fn new(spec: &DaemonSpec, paths: &Paths) -> DaemonStatus {
+        DaemonStatus {
+            name: spec.name.clone(),
+            state: if spec.launch.is_some() {
+                DaemonState::Stopped
+            } else {
+                DaemonState::External
+            },
+            pid: None,
+            port: spec.launch.as_ref().map(|l| l.port),
+            url: spec.url.to_string(),
+            transport: spec.transport.as_str().to_owned(),
+            started_at: None,
+            uptime_secs: None,
+            restarts: 0,
+            last_error: None,
+            log_file: paths.daemon_log(&spec.name).display().to_string(),
+            adopted: false,
+        }
+    }
+
+    /// Fills `uptime_secs` from `started_at`, as of now.
+    pub fn with_uptime(mut self) -> DaemonStatus {
+        self.uptime_secs = self.started_at.map(|t| unix_now().saturating_sub(t));
+        self
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A daemon process the previous manager started and this one takes over.
+pub struct Adopted {
+    pub record: DaemonRecord,
+}
+
+/// What an actor needs from the manager.
+pub struct Context {
+    pub paths: Paths,
+    pub state_file: Arc<StateFile>,
+}
+
+enum Command {
+    Start {
+        spec: Box<DaemonSpec>,
+        /// An explicit start: also retries a crash-looping or backing-off daemon now.
+        force: bool,
+        ack: oneshot::Sender<()>,
+    },
+    Stop {
+        ack: oneshot::Sender<()>,
+    },
+    /// The manager is exiting: stop the daemon, or leave it running for the next manager.
+    Shutdown {
+        stop: bool,
+        ack: oneshot::Sender<()>,
+    },
+}
+
+#[derive(Clone)]
+pub struct DaemonHandle {
+    commands: mpsc::Sender<Command>,
+    status: watch::Receiver<DaemonStatus>,
+}
+
+impl DaemonHandle {
+    pub fn spawn(spec: DaemonSpec, context: Arc<Context>, adopted: Option<Adopted>) -> DaemonHandle {
+        let (commands_tx, commands) = mpsc::channel(32);
+        let mut status = DaemonStatus::new(&spec, &context.paths);
+        let running = adopted.map(|a| {
+            status.state = DaemonState::Ready;
+            status.pid = Some(a.record.pid);
+            status.started_at = Some(a.record.started_at);
+            status.restarts = a.record.restarts;
+            status.adopted = true;
+            Running {
+                process: Process::Adopted,
+                pid: a.record.pid,
+                start_time: Some(a.record.start_time),
+                spawned_at: Instant::now(),
+                started_at: a.record.started_at,
+            }
+        });
+        let restarts = status.restarts;
+        let (status_tx, status_rx) = watch::channel(status);
+        let mut actor = Actor {
+            log: context.paths.daemon_log(&spec.name),
+            spec,
+            context,
+            status: status_tx,
+            commands,
+            running,
+            fast_failures: 0,
+            restarts,
+            health_failures: 0,
+            timer: None,
+            probe: None,
+        };
+        if actor.running.is_some() {
+            actor.schedule_health();
+        }
+        tokio::spawn(async move { actor.run().await });
+        DaemonHandle {
+            commands: commands_tx,
+            status: status_rx,
+        }
+    }
+
+    pub fn status(&self) -> DaemonStatus {
+        self.status.borrow().clone()
+    }
+
+    async fn command(&self, make: impl FnOnce(oneshot::Sender<()>) -> Command) {
+        let (ack, done) = oneshot::channel();
+        if self.commands.send(make(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// Starts the daemon if it is not running, and waits until it is ready or cannot be.
+    /// `force` also retries a crash-looping or backing-off daemon at once.
+    pub async fn start(&self, spec: DaemonSpec, force: bool) -> Result<DaemonStatus, DaemonStatus> {
+        let limit = spec.startup_timeout + BACKOFF_MAX + Duration::from_secs(5);
+        self.command(|ack| Command::Start {
+            spec: Box::new(spec),
+            force,
+            ack,
+        })
+        .await;
+        let mut status = self.status.clone();
+        let settled = tokio::time::timeout(limit, status.wait_for(|s| s.state.settled())).await;
+        let status = match settled {
+            Ok(Ok(status)) => status.clone(),
+            _ => self.status(),
+        };
+        if status.state == DaemonState::Ready {
+            Ok(status)
+        } else {
+            Err(status)
+        }
+    }
+
+    pub async fn stop(&self) -> DaemonStatus {
+        self.command(|ack| Command::Stop { ack }).await;
+        self.status()
+    }
+
+    pub async fn shutdown(&self, stop: bool) {
+        self.command(|ack| Command::Shutdown { stop, ack }).await;
+    }
+}
+
+enum Process {
+    Child(tokio::process::Child),
+    /// Not our child: watched through /proc.
+    Adopted,
+}
+
+struct Running {
+    process: Process,
+    pid: u32,
+    start_time: Option<u64>,
+    spawned_at: Instant,
+    /// Unix seconds.
+    started_at: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Timer {
+    Restart,
+    Health,
+}
+
+enum Event {
+    Command(Option<Command>),
+    Exited(String),
+    Timer(Timer),
+    Probed(Result<Duration, String>),
+}
+
+struct Actor {
+    spec: DaemonSpec,
+    log: PathBuf,
+    context: Arc<Context>,
+    status: watch::Sender<DaemonStatus>,
+    commands: mpsc::Receiver<Command>,
+    running: Option<Running>,
+    fast_failures: u32,
+    restarts: u32,
+    health_failures: u32,
+    timer: Option<(tokio::time::Instant, Timer)>,
+    probe: Option<JoinHandle<Result<Duration, String>>>,
+}
+
+impl Actor {
+    async fn run(&mut self) {
+        loop {
+            match self.next_event().await {
+                Event::Command(None) => return,
+                Event::Command(Some(command)) => {
+                    if self.on_command(command).await {
+                        return;
+                    }
+                }
+                Event::Exited(how) => self.on_exit(how).await,
+                Event::Timer(timer) => self.on_timer(timer).await,
+                Event::Probed(result) => self.on_probe(result).await,
+            }
+        }
+    }
+
+    async fn next_event(&mut self) -> Event {
+        let adopted_pid = match &self.running {
+            Some(Running {
+                process: Process::Adopted,
+                pid,
+                start_time,
+                ..
+            }) => Some((*pid, *start_time)),
+            _ => None,
+        };
+        let exited = async {
+            match &mut self.running {
+                Some(Running {
+                    process: Process::Child(child),
+                    ..
+                }) => match child.wait().await {
+                    Ok(status) => describe_exit(status),
+                    Err(e) => format!("could not be waited for ({e})"),
+                },
+                Some(_) => {
+                    // An adopted daemon is not our child: poll /proc.
+                    let (pid, start_time) = adopted_pid.unwrap_or_default();
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        if !process::is_alive(pid) || process::start_time(pid) != start_time {
+                            return "exited".to_owned();
+                        }
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let timer = async {
+            match self.timer {
+                Some((at, timer)) => {
+                    tokio::time::sleep_until(at).await;
+                    timer
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let probed = async {
+            match &mut self.probe {
+                Some(handle) => handle
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the probe task failed: {e}"))),
+                None => std::future::pending().await,
+            }
+        };
+        // Every branch is cancel-safe: mpsc recv, Child::wait, sleeps, and a JoinHandle
+        // polled by reference.
+        tokio::select! {
+            command = self.commands.recv() => Event::Command(command),
+            how = exited => Event::Exited(how),
+            timer = timer => Event::Timer(timer),
+            result = probed => Event::Probed(result),
+        }
+    }
+
+    fn state(&self) -> DaemonState {
+        self.status.borrow().state
+    }
+
+    fn publish(&self, state: DaemonState, last_error: Option<Option<String>>) {
+        self.status.send_modify(|status| {
+            status.state = state;
+            status.pid = self.running.as_ref().map(|r| r.pid);
+            status.started_at = self.running.as_ref().map(|r| r.started_at);
+            status.restarts = self.restarts;
+            status.url = self.spec.url.to_string();
+            status.transport = self.spec.transport.as_str().to_owned();
+            status.port = self.spec.launch.as_ref().map(|l| l.port);
+            if self.running.is_none() {
+                status.adopted = false;
+            }
+            if let Some(error) = last_error {
+                status.last_error = error;
+            }
+        });
+    }
+
+    /// Returns true when the actor should end.
+    async fn on_command(&mut self, command: Command) -> bool {
+        match command {
+            Command::Start { spec, force, ack } => {
+                self.spec = *spec;
+                match self.state() {
+                    DaemonState::Stopped | DaemonState::Failed | DaemonState::External => {
+                        self.fast_failures = 0;
+                        self.spawn().await;
+                    }
+                    DaemonState::CrashLooping | DaemonState::BackingOff if force => {
+                        self.fast_failures = 0;
+                        self.spawn().await;
+                    }
+                    _ => {}
+                }
+                let _ = ack.send(());
+                false
+            }
+            Command::Stop { ack } => {
+                self.stop().await;
+                self.publish(DaemonState::Stopped, None);
+                let _ = ack.send(());
+                false
+            }
+            Command::Shutdown { stop, ack } => {
+                if stop {
+                    self.stop().await;
+                    self.publish(DaemonState::Stopped, None);
+                }
+                let _ = ack.send(());
+                true
+            }
+        }
+    }
+
+    async fn spawn(&mut self) {
+        self.timer = None;
+        if let Some(probe) = self.probe.take() {
+            probe.abort();
+        }
+        let Some(launch) = self.spec.launch.clone() else {
+            return;
+        };
+        if !process::port_is_free(launch.port) {
+            let error = format!(
+                "{}\nhint: stop that process, or give daemon \"{}\" another `port` ({})",
+                process::describe_port_in_use(launch.port),
+                self.spec.name,
+                self.spec.defined_at
+            );
+            warn!(daemon = %self.spec.name, "{error}");
+            return self.publish(DaemonState::Failed, Some(Some(error)));
+        }
+        let _ = logs::rotate_if_large(&self.log, logs::MAX_LOG_BYTES);
+        let child = match process::spawn_daemon(&launch, &self.log) {
+            Ok(child) => child,
+            Err(e) => {
+                warn!(daemon = %self.spec.name, "{e}");
+                return self.publish(DaemonState::Failed, Some(Some(e.to_string())));
+            }
+        };
+        let pid = child.id().unwrap_or_default();
+        let start_time = process::start_time(pid);
+        let started_at = unix_now();
+        info!(daemon = %self.spec.name, pid, "started");
+        self.running = Some(Running {
+            process: Process::Child(child),
+            pid,
+            start_time,
+            spawned_at: Instant::now(),
+            started_at,
+        });
+        if let Some(start_time) = start_time {
+            let record = DaemonRecord {
+                pid,
+                start_time,
+                port: launch.port,
+                started_at,
+                restarts: self.restarts,
+            };
+            self.context.state_file.set_daemon(&self.spec.name, Some(record)).await;
+        }
+        self.health_failures = 0;
+        let spec = self.spec.clone();
+        self.probe = Some(tokio::spawn(wait_ready(spec)));
+        self.publish(DaemonState::Starting, None);
+    }
+
+    /// Stops the process group, if anything runs.
+    async fn stop(&mut self) {
+        self.timer = None;
+        if let Some(probe) = self.probe.take() {
+            probe.abort();
+        }
+        if self.running.is_none() {
+            return;
+        }
+        self.publish(DaemonState::Stopping, None);
+        let Some(mut running) = self.running.take() else {
+            return;
+        };
+        let child = match &mut running.process {
+            Process::Child(child) => Some(child),
+            Process::Adopted => None,
+        };
+        let grace = self.spec.stop_timeout;
+        match process::stop_group(running.pid, child, grace).await {
+            Stopped::Gracefully => info!(daemon = %self.spec.name, "stopped"),
+            Stopped::Killed => warn!(
+                daemon = %self.spec.name,
+                "did not stop within {grace:?} of SIGTERM; killed"
+            ),
+            Stopped::Stuck => warn!(
+                daemon = %self.spec.name,
+                "processes of its group survived SIGKILL"
+            ),
+        }
+        self.context.state_file.set_daemon(&self.spec.name, None).await;
+    }
+
+    async fn on_exit(&mut self, how: String) {
+        let pid = self.running.as_ref().map_or(0, |r| r.pid);
+        let error = format!(
+            "daemon \"{}\" (pid {pid}) {how}; {}",
+            self.spec.name,
+            logs::tail_for_message(&self.log, LOG_TAIL_LINES)
+        );
+        self.fail_attempt(error).await;
+    }
+
+    async fn on_timer(&mut self, timer: Timer) {
+        self.timer = None;
+        match timer {
+            Timer::Restart => {
+                self.restarts += 1;
+                self.spawn().await;
+            }
+            Timer::Health => {
+                let _ = logs::rotate_if_large(&self.log, logs::MAX_LOG_BYTES);
+                let spec = self.spec.clone();
+                self.probe = Some(tokio::spawn(async move { probe(&spec, PROBE_TIMEOUT).await }));
+            }
+        }
+    }
+
+    async fn on_probe(&mut self, result: Result<Duration, String>) {
+        self.probe = None;
+        match (self.state(), result) {
+            (DaemonState::Starting, Ok(latency)) => {
+                info!(daemon = %self.spec.name, ?latency, "ready");
+                self.publish(DaemonState::Ready, Some(None));
+                self.schedule_health();
+            }
+            (DaemonState::Starting, Err(why)) => {
+                let error = format!(
+                    "daemon \"{}\" did not become ready within {:?}: {why}; {}",
+                    self.spec.name,
+                    self.spec.startup_timeout,
+                    logs::tail_for_message(&self.log, LOG_TAIL_LINES)
+                );
+                self.fail_attempt(error).await;
+            }
+            (DaemonState::Ready, Ok(_)) => {
+                self.health_failures = 0;
+                self.schedule_health();
+            }
+            (DaemonState::Ready, Err(why)) => {
+                self.health_failures += 1;
+                warn!(
+                    daemon = %self.spec.name,
+                    "health probe {}/{HEALTH_FAILURES} failed: {why}",
+                    self.health_failures
+                );
+                if self.health_failures >= HEALTH_FAILURES {
+                    let error = format!(
+                        "daemon \"{}\" stopped answering ({HEALTH_FAILURES} health probes failed, last: {why}); restarted it",
+                        self.spec.name
+                    );
+                    self.fail_attempt(error).await;
+                } else {
+                    self.schedule_health();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn schedule_health(&mut self) {
+        if !self.spec.health_interval.is_zero() {
+            let at = tokio::time::Instant::now() + self.spec.health_interval;
+            self.timer = Some((at, Timer::Health));
+        }
+    }
+
+    /// The daemon died or never became ready: clean up, then back off or declare a crash loop.
+    async fn fail_attempt(&mut self, error: String) {
+        warn!(daemon = %self.spec.name, "{error}");
+        let lived = self.running.as_ref().map(|r| r.spawned_at.elapsed());
+        self.stop().await;
+        if lived.is_some_and(|l| l >= HEALTHY_PERIOD) {
+            self.fast_failures = 0;
+        }
+        self.fast_failures += 1;
+        let (state, delay) = if self.fast_failures >= CRASH_LOOP_AFTER {
+            (DaemonState::CrashLooping, CRASH_LOOP_RETRY)
+        } else {
+            (DaemonState::BackingOff, backoff(self.fast_failures))
+        };
+        self.timer = Some((tokio::time::Instant::now() + delay, Timer::Restart));
+        self.publish(state, Some(Some(error)));
+    }
+}
+
+/// Polls `initialize` until the daemon answers or its startup timeout passes.
+async fn wait_ready(spec: DaemonSpec) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let left = spec.startup_timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err("no answer".to_owned());
+        }
+        match probe(&spec, left.min(PROBE_TIMEOUT)).await {
+            Ok(_) => return Ok(started.elapsed()),
+            Err(why) if started.elapsed() + pause >= spec.startup_timeout => return Err(why),
+            Err(_) => {}
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// 0.5 s, 1 s, 2 s, … up to 30 s, each ±25 % so restarts of many daemons spread out.
+fn backoff(failures: u32) -> Duration {
+    let exponential = BACKOFF_BASE.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    let capped = exponential.min(BACKOFF_MAX);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let jitter = 0.75 + f64::from(nanos % 1000) / 2000.0;
+    capped.mul_f64(jitter)
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        _ => "exited".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let first = backoff(1);
+        assert!(first >= Duration::from_millis(375) && first <= Duration::from_millis(625), "{first:?}");
+        let tenth = backoff(10);
+        assert!(tenth <= BACKOFF_MAX.mul_f64(1.25), "{tenth:?}");
+        assert!(backoff(3) > backoff(1));
+    }
+}
