@@ -158,6 +158,15 @@ pub struct ProxyArgs {
     /// The largest message accepted in either direction, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
+
+    /// How long to wait for a daemon that went away to come back (e.g. 60s, 500ms, 2m)
+    /// before its waiting requests get errors
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub reconnect_timeout: std::time::Duration,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration_text(text)
 }
 
 fn parse_transport(text: &str) -> Result<TransportKind, String> {

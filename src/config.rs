@@ -533,10 +533,15 @@ fn expand(value: &str) -> Result<String, String> {
 }
 
 fn parse_duration(value: &DurationValue) -> Result<Duration, String> {
-    let text = match value {
-        DurationValue::Seconds(s) => return Ok(Duration::from_secs(*s)),
-        DurationValue::Text(text) => text.trim(),
-    };
+    match value {
+        DurationValue::Seconds(s) => Ok(Duration::from_secs(*s)),
+        DurationValue::Text(text) => parse_duration_text(text),
+    }
+}
+
+/// `"500ms"`, `"30s"`, `"2m"` or a bare number of seconds.
+pub fn parse_duration_text(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
     let digits = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(text.len());

@@ -224,6 +224,13 @@ impl Message {
             .protocol_version
     }
 
+    /// The same message under another id (mcpsm's replay of a client request).
+    pub fn with_id(&self, id: &Id) -> Option<Message> {
+        let mut value: serde_json::Value = serde_json::from_slice(&self.raw).ok()?;
+        *value.get_mut("id")? = serde_json::from_str(id.as_json()).ok()?;
+        Message::parse(Bytes::from(serde_json::to_vec(&value).ok()?)).ok()
+    }
+
     /// Builds an error response for request `id` (or `null` when the id is unknown).
     pub fn error(
         id: Option<&Id>,

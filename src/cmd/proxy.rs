@@ -30,7 +30,7 @@ use crate::jsonrpc::{Kind, Message, PARSE_ERROR, UPSTREAM_ERROR};
 use crate::paths::Paths;
 use crate::supervise::client::{connect_or_start, ClientError};
 use crate::transport::stdio::{Line, LineReader};
-use crate::transport::{Options, Upstream};
+use crate::transport::{EnsureFn, Hooks, Options, Upstream};
 
 /// How long a failed ensure is the answer before it is tried again.
 const ENSURE_RETRY: Duration = Duration::from_secs(2);
@@ -65,18 +65,30 @@ pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<E
 
     let shutdown = CancellationToken::new();
     let backend = match resolve(&args, registry) {
-        Ok((options, gate)) => match Upstream::new(options, out_tx.clone(), shutdown.clone()) {
-            Ok(upstream) => {
-                let gate = gate.map(Arc::new);
-                if let Some(gate) = &gate {
-                    // Start ensuring now, while the client is still starting up.
-                    let early = gate.clone();
-                    tokio::spawn(async move { early.pass().await });
+        Ok((options, gate)) => {
+            let gate = gate.map(Arc::new);
+            let hooks = Hooks {
+                ensure: gate.clone().map(|gate| {
+                    let ensure: EnsureFn = Arc::new(move || {
+                        let gate = gate.clone();
+                        Box::pin(async move { gate.ensure().await })
+                    });
+                    ensure
+                }),
+                recovered: None,
+            };
+            match Upstream::new(options, out_tx.clone(), shutdown.clone(), hooks) {
+                Ok(upstream) => {
+                    if let Some(gate) = &gate {
+                        // Start ensuring now, while the client is still starting up.
+                        let early = gate.clone();
+                        tokio::spawn(async move { early.pass().await });
+                    }
+                    Backend::Upstream(upstream, gate)
                 }
-                Backend::Upstream(upstream, gate)
+                Err(e) => Backend::Unusable(format!("mcpsm cannot build its HTTP client: {e}")),
             }
-            Err(e) => Backend::Unusable(format!("mcpsm cannot build its HTTP client: {e}")),
-        },
+        }
         Err(e) => {
             let text = format!("{e:#}");
             error!("{text}");
@@ -224,6 +236,7 @@ fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<(Optio
         unreachable_hint,
         failure_hint,
         max_message_bytes: args.max_message_bytes,
+        reconnect_timeout: Some(args.reconnect_timeout),
     };
     Ok((options, gate))
 }
@@ -275,7 +288,9 @@ impl Gate {
             .map_err(|e| format!("mcpsm could not start daemon \"{name}\": {e}"))?;
         match client.daemon_action("ensure", name).await {
             Ok(_) => Ok(()),
-            Err(ClientError::Api { message, daemon, .. }) => {
+            Err(ClientError::Api {
+                message, daemon, ..
+            }) => {
                 let log = daemon.map_or_else(
                     || self.paths.daemon_log(name).display().to_string(),
                     |d| d.log_file,

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::DaemonSpec;
 use crate::jsonrpc::{Kind, Message};
-use crate::transport::{Options, Upstream};
+use crate::transport::{Hooks, Options, Upstream};
 
 const PROBE_ID: &str = "\"mcpsm-probe\"";
 
@@ -25,9 +25,11 @@ pub async fn probe(spec: &DaemonSpec, limit: Duration) -> Result<Duration, Strin
         unreachable_hint: String::new(),
         failure_hint: String::new(),
         max_message_bytes: 4 * 1024 * 1024,
+        reconnect_timeout: None,
     };
     let shutdown = CancellationToken::new();
-    let upstream = Upstream::new(options, tx, shutdown).map_err(|e| e.to_string())?;
+    let upstream =
+        Upstream::new(options, tx, shutdown, Hooks::default()).map_err(|e| e.to_string())?;
     let initialize = Message::parse(Bytes::from(format!(
         r#"{{"jsonrpc":"2.0","id":{PROBE_ID},"method":"initialize","params":{{"protocolVersion":"2025-06-18","capabilities":{{}},"clientInfo":{{"name":"mcpsm-probe","version":"{}"}}}}}}"#,
         env!("CARGO_PKG_VERSION")
@@ -37,8 +39,12 @@ pub async fn probe(spec: &DaemonSpec, limit: Duration) -> Result<Duration, Strin
     let answer = tokio::time::timeout(limit, async {
         upstream.send(initialize).await;
         while let Some(bytes) = rx.recv().await {
-            let Ok(message) = Message::parse(bytes) else { continue };
-            if message.kind() == Kind::Response && message.id().map(|id| id.as_json()) == Some(PROBE_ID) {
+            let Ok(message) = Message::parse(bytes) else {
+                continue;
+            };
+            if message.kind() == Kind::Response
+                && message.id().map(|id| id.as_json()) == Some(PROBE_ID)
+            {
                 return outcome(&message);
             }
         }
@@ -59,7 +65,13 @@ fn outcome(response: &Message) -> Result<(), String> {
     if value.get("result").is_some() {
         return Ok(());
     }
-    let message = value["error"]["message"].as_str().unwrap_or("an error without a message");
+    let message = value["error"]["message"]
+        .as_str()
+        .unwrap_or("an error without a message");
     // The transport's own errors end with a hint meant for MCP clients; keep the cause.
-    Err(message.split(". hint: ").next().unwrap_or(message).to_owned())
+    Err(message
+        .split(". hint: ")
+        .next()
+        .unwrap_or(message)
+        .to_owned())
 }

@@ -180,4 +180,3 @@ pub fn cause(error: &reqwest::Error) -> String {
         text
     }
 }
-

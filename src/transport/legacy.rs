@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use url::Url;
 
-use super::http::{self, EventStream};
 use super::http::cause;
+use super::http::{self, EventStream};
 use super::streamable::failure_of;
 use super::{Failure, Shared};
 use crate::jsonrpc::Message;
@@ -51,8 +51,19 @@ impl Session {
 
     async fn endpoint(self: &Arc<Self>) -> Result<Url, Failure> {
         let mut connection = self.connection.lock().await;
-        if let Some(open) = connection.as_ref().filter(|c| !c.closed.is_cancelled()) {
-            return Ok(open.endpoint.clone());
+        if let Some(open) = connection.as_ref() {
+            if !open.closed.is_cancelled() {
+                return Ok(open.endpoint.clone());
+            }
+            if self
+                .shared
+                .established
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                // The daemon session died with its stream: only a recovery (which replays
+                // the client's initialize) may open a new one.
+                return Err(Failure::Unreachable("its SSE stream closed".to_owned()));
+            }
         }
         let open = self.open().await?;
         let endpoint = open.endpoint.clone();
@@ -126,6 +137,13 @@ impl Session {
         Ok(Connection { endpoint, closed })
     }
 
+    /// Forgets the daemon session (the next message opens a new stream).
+    pub async fn reset(&self) {
+        if let Some(open) = self.connection.lock().await.take() {
+            open.closed.cancel();
+        }
+    }
+
     /// Forwards the GET stream's messages until it ends.
     async fn read(&self, mut stream: EventStream, closed: CancellationToken) {
         let why = loop {
@@ -133,6 +151,7 @@ impl Session {
             let next = tokio::select! {
                 next = stream.next() => next,
                 () = self.shared.shutdown.cancelled() => return,
+                () = closed.cancelled() => return,
             };
             match next {
                 Ok(Some(event)) if event.is_message() => match Message::parse_many(event.data) {
@@ -154,6 +173,7 @@ impl Session {
         closed.cancel();
         warn!("{}: {why}", self.shared.options.label);
         self.shared.fail_all(&Failure::StreamEnded(why)).await;
+        self.shared.trigger_recovery();
     }
 
     pub async fn send(self: &Arc<Self>, message: Message) {
@@ -172,12 +192,7 @@ impl Session {
             .await;
         let failure = match response {
             Ok(r) if r.status().is_success() => return,
-            Ok(r) if r.status() == StatusCode::NOT_FOUND => {
-                if let Some(open) = self.connection.lock().await.as_ref() {
-                    open.closed.cancel();
-                }
-                Failure::SessionLost { status: 404 }
-            }
+            Ok(r) if r.status() == StatusCode::NOT_FOUND => Failure::SessionLost { status: 404 },
             Ok(r) => {
                 let status = r.status().as_u16();
                 let body = http::read_body(r, 64 * 1024).await.unwrap_or_default();

@@ -11,21 +11,28 @@
 //!   elicitation the client answers with another POST);
 //! - every request gets exactly one response: the daemon's, or a JSON-RPC error with the
 //!   request's id saying what failed and what to do. Late or duplicate responses are dropped;
-//! - messages are forwarded byte for byte, whatever they contain.
+//! - messages are forwarded byte for byte, whatever they contain;
+//! - when the daemon goes away (refused connections, an unknown session, a closed legacy
+//!   stream) the client's session survives: [`recovery`] reconnects, replays the client's
+//!   `initialize`, and resends what never reached the daemon.
 
 pub mod http;
 mod legacy;
+mod recovery;
 pub mod sse;
 pub mod stdio;
 mod streamable;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
-use tokio::sync::{mpsc, Notify, OnceCell};
+use tokio::sync::{mpsc, oneshot, Notify, OnceCell};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -49,6 +56,23 @@ pub struct Options {
     pub failure_hint: String,
     /// Bound on one message or SSE event, in bytes.
     pub max_message_bytes: usize,
+    /// How long to try to get the daemon back when it goes away; `None` reports such
+    /// failures at once (health probes want that).
+    pub reconnect_timeout: Option<Duration>,
+}
+
+/// Makes sure the daemon runs (asks the manager); used before reconnecting.
+pub type EnsureFn =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// What the owner of an [`Upstream`] wants to hear about recovery.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Called before each reconnection attempt; its error is the reason reported to the
+    /// client if the daemon does not come back.
+    pub ensure: Option<EnsureFn>,
+    /// Called after each successful recovery.
+    pub recovered: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// Why a message could not be delivered.
@@ -72,11 +96,37 @@ pub(crate) enum Failure {
     TooLarge(String),
     /// Something in the daemon's answer made no sense.
     Protocol(String),
+    /// The daemon went away and did not come back (or came back speaking another version).
+    Recovery(String),
+}
+
+impl Failure {
+    /// Failures after which the message never reached a live session: safe to send again
+    /// once the session is back.
+    fn is_recoverable(&self) -> bool {
+        matches!(self, Failure::Unreachable(_) | Failure::SessionLost { .. })
+    }
 }
 
 struct Pending {
     method: Box<str>,
     task: Option<AbortHandle>,
+    /// How often the request was held for a resend.
+    holds: u8,
+    /// Held or queued until the daemon is back: not in flight.
+    parked: bool,
+}
+
+/// What the client's session consists of, for replaying it to a new daemon session.
+#[derive(Default)]
+struct ClientSession {
+    initialize: Option<Message>,
+    initialized: Option<Message>,
+    /// The client's `initialize` was answered: there is a session to replay.
+    established: bool,
+    protocol_version: Option<String>,
+    /// `*/list_changed` notifications to send after a recovery.
+    list_changed: Vec<&'static str>,
 }
 
 /// State shared by the transport tasks of one session.
@@ -87,6 +137,18 @@ pub(crate) struct Shared {
     pending: Mutex<HashMap<Id, Pending>>,
     idle: Notify,
     pub shutdown: CancellationToken,
+    session: Mutex<ClientSession>,
+    established: AtomicBool,
+    /// Responses to requests mcpsm itself sends (the replayed `initialize`).
+    internal: Mutex<HashMap<Id, oneshot::Sender<Message>>>,
+    internal_count: AtomicUsize,
+    /// Server→client requests forwarded to the client, with the session generation.
+    server_requests: Mutex<HashMap<Id, u64>>,
+    /// Bumped by every recovery: a new daemon session.
+    generation: AtomicU64,
+    recovery: Mutex<recovery::State>,
+    wake_recovery: Notify,
+    hooks: Hooks,
 }
 
 impl Shared {
@@ -98,9 +160,39 @@ impl Shared {
     fn track(&self, message: &Message) {
         if let (Kind::Request, Some(id)) = (message.kind(), message.id()) {
             let method = message.method().unwrap_or_default().into();
-            self.pending()
-                .insert(id.clone(), Pending { method, task: None });
+            self.pending().insert(
+                id.clone(),
+                Pending {
+                    method,
+                    task: None,
+                    holds: 0,
+                    parked: false,
+                },
+            );
         }
+    }
+
+    fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+        mutex.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_internal(&self, id: Option<&Id>) -> bool {
+        self.internal_count.load(Ordering::Acquire) > 0
+            && id.is_some_and(|id| Self::lock(&self.internal).contains_key(id))
+    }
+
+    /// Sends a response to its waiter: mcpsm's own request, or the client.
+    async fn respond(&self, id: &Id, message: Message) {
+        if self.internal_count.load(Ordering::Acquire) > 0 {
+            let waiter = Self::lock(&self.internal).remove(id);
+            if let Some(waiter) = waiter {
+                self.internal_count.fetch_sub(1, Ordering::AcqRel);
+                let _ = waiter.send(message);
+                return;
+            }
+        }
+        // Fails only when the client side is gone; then nobody is left to tell.
+        let _ = self.out.send(message.bytes().clone()).await;
     }
 
     pub fn is_pending(&self, id: &Id) -> bool {
@@ -114,18 +206,48 @@ impl Shared {
     /// Hands a message from the daemon to the client. A response is forwarded only while its
     /// request is pending, so the client never sees two answers to one request.
     pub async fn deliver(&self, message: Message) {
-        if message.kind() == Kind::Response {
-            if let Some(id) = message.id() {
+        match (message.kind(), message.id()) {
+            (Kind::Response, Some(id)) => {
                 let known = self.pending().remove(id).is_some();
                 if !known {
                     debug!(%id, "dropping a response to no pending request");
                     return;
                 }
                 self.idle.notify_waiters();
+                if !self.established.load(Ordering::Acquire) {
+                    self.note_initialize_result(&message);
+                }
+                let id = id.clone();
+                self.respond(&id, message).await;
+                return;
             }
+            (Kind::Request, Some(id)) => {
+                let generation = self.generation.load(Ordering::Acquire);
+                Self::lock(&self.server_requests).insert(id.clone(), generation);
+            }
+            _ => {}
         }
         // Fails only when the client side is gone; then nobody is left to tell.
         let _ = self.out.send(message.bytes().clone()).await;
+    }
+
+    /// Remembers what the client's own `initialize` negotiated.
+    fn note_initialize_result(&self, response: &Message) {
+        let mut session = Self::lock(&self.session);
+        let is_initialize = session
+            .initialize
+            .as_ref()
+            .is_some_and(|init| init.id() == response.id());
+        if !is_initialize {
+            return;
+        }
+        let Some(version) = response.initialize_protocol_version() else {
+            return; // an error: no session yet
+        };
+        session.protocol_version = Some(version);
+        session.list_changed = recovery::list_changed_notifications(response);
+        session.established = true;
+        self.established.store(true, Ordering::Release);
     }
 
     /// Answers request `id` with an error, unless it was answered already.
@@ -135,24 +257,49 @@ impl Shared {
         };
         self.idle.notify_waiters();
         let error = self.error_message(id, &pending.method, failure);
-        let _ = self.out.send(error.bytes().clone()).await;
+        self.respond(id, error).await;
     }
 
     /// Answers every pending request with an error.
+    /// Answers every request in flight with an error (not those parked for a resend).
     pub async fn fail_all(&self, failure: &Failure) {
-        let drained: Vec<(Id, Pending)> = self.pending().drain().collect();
+        let drained: Vec<(Id, Pending)> = {
+            let mut pending = self.pending();
+            let ids: Vec<Id> = pending
+                .iter()
+                .filter(|(_, p)| !p.parked)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| pending.remove(&id).map(|p| (id, p)))
+                .collect()
+        };
         self.idle.notify_waiters();
         for (id, pending) in drained {
             if let Some(task) = pending.task {
                 task.abort();
             }
             let error = self.error_message(&id, &pending.method, failure);
-            let _ = self.out.send(error.bytes().clone()).await;
+            self.respond(&id, error).await;
         }
     }
 
     /// Reports a failure for `message`: an error response for a request, a log line otherwise.
+    /// A message that never reached a live session is held for a resend after recovery
+    /// instead (a few times at most).
     pub async fn report(&self, message: &Message, failure: &Failure) {
+        let broken;
+        let mut failure = failure;
+        if failure.is_recoverable() {
+            match self.hold(message) {
+                Ok(()) => return,
+                Err(None) => {}
+                Err(Some(why)) => {
+                    broken = Failure::Recovery(why);
+                    failure = &broken;
+                }
+            }
+        }
         match (message.kind(), message.id()) {
             (Kind::Request, Some(id)) => self.fail(id, failure).await,
             _ => warn!(
@@ -212,6 +359,11 @@ impl Shared {
                 UPSTREAM_ERROR,
                 failure_hint,
             ),
+            Failure::Recovery(why) => (
+                format!("{label} went away and mcpsm could not get it back: {why}"),
+                UPSTREAM_ERROR,
+                failure_hint,
+            ),
         }
     }
 
@@ -257,6 +409,14 @@ impl Mode {
             Mode::Legacy(session) => session.send(message).await,
         }
     }
+
+    /// Forgets the daemon session, so the next message starts a new one.
+    async fn reset(&self) {
+        match self {
+            Mode::Streamable(session) => session.reset(),
+            Mode::Legacy(session) => session.reset().await,
+        }
+    }
 }
 
 /// A client session with one daemon.
@@ -272,9 +432,11 @@ impl Upstream {
         options: Options,
         out: mpsc::Sender<Bytes>,
         shutdown: CancellationToken,
+        hooks: Hooks,
     ) -> Result<Arc<Upstream>, reqwest::Error> {
         let http = http::client(&options.url)?;
         let transport = options.transport;
+        let recovers = options.reconnect_timeout.is_some();
         let shared = Arc::new(Shared {
             http,
             options,
@@ -282,6 +444,15 @@ impl Upstream {
             pending: Mutex::new(HashMap::new()),
             idle: Notify::new(),
             shutdown,
+            session: Mutex::new(ClientSession::default()),
+            established: AtomicBool::new(false),
+            internal: Mutex::new(HashMap::new()),
+            internal_count: AtomicUsize::new(0),
+            server_requests: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            recovery: Mutex::new(recovery::State::default()),
+            wake_recovery: Notify::new(),
+            hooks,
         });
         let mode = match transport {
             TransportKind::StreamableHttp => OnceCell::new_with(Some(Mode::Streamable(
@@ -296,17 +467,55 @@ impl Upstream {
             }
             TransportKind::Auto => OnceCell::new(),
         };
-        Ok(Arc::new(Upstream {
+        let upstream = Arc::new(Upstream {
             shared,
             mode,
             detecting: tokio::sync::Mutex::new(()),
-        }))
+        });
+        if recovers {
+            tokio::spawn(recovery::run(
+                Arc::downgrade(&upstream),
+                upstream.shared.clone(),
+            ));
+        }
+        Ok(upstream)
     }
 
     /// Sends one message from the client. Returns once it is on its way; `initialize` and
     /// `notifications/initialized` are awaited, so the session exists before anything else.
+    /// While the daemon is being recovered, messages wait in a bounded queue.
     pub async fn send(self: &Arc<Self>, message: Message) {
+        match (message.kind(), message.method()) {
+            (Kind::Response, _) => {
+                if !self.shared.answers_current_session(&message) {
+                    return;
+                }
+            }
+            (Kind::Request, Some(method::INITIALIZE)) => {
+                let mut session = Shared::lock(&self.shared.session);
+                *session = ClientSession {
+                    initialize: Some(message.clone()),
+                    ..ClientSession::default()
+                };
+                self.shared.established.store(false, Ordering::Release);
+            }
+            (Kind::Notification, Some(method::INITIALIZED)) => {
+                Shared::lock(&self.shared.session).initialized = Some(message.clone());
+            }
+            _ => {}
+        }
         self.shared.track(&message);
+        match self.shared.queue_if_recovering(message) {
+            recovery::Queued::No(message) => self.dispatch(message).await,
+            recovery::Queued::Yes => {}
+            recovery::Queued::Refused(message, why) => {
+                self.shared.report(&message, &Failure::Recovery(why)).await;
+            }
+        }
+    }
+
+    /// Sends a tracked message on its way.
+    async fn dispatch(self: &Arc<Self>, message: Message) {
         let mode = match self.mode.get() {
             Some(mode) => mode,
             None => {

@@ -10,7 +10,7 @@
 //! 2026-07-28 requests (`_meta` names the protocol version) get `Mcp-Method`/`Mcp-Name`
 //! headers, and their cancellation closes the request's stream.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ pub struct Session {
     protocol_version: RwLock<Option<HeaderValue>>,
     initialize_id: Mutex<Option<Id>>,
     get_stream_started: AtomicBool,
+    /// Bumped by [`Session::reset`]: a GET stream of an older daemon session stops.
+    epoch: AtomicU64,
     /// The client speaks 2026-07-28 (sessionless) MCP.
     modern: AtomicBool,
 }
@@ -78,8 +80,21 @@ impl Session {
             protocol_version: RwLock::new(None),
             initialize_id: Mutex::new(None),
             get_stream_started: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
             modern: AtomicBool::new(false),
         })
+    }
+
+    /// Forgets the daemon session: the next `initialize` starts a new one, with a new GET
+    /// stream.
+    pub fn reset(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        *self.session_id.write().unwrap_or_else(|e| e.into_inner()) = None;
+        *self
+            .protocol_version
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        self.get_stream_started.store(false, Ordering::Release);
     }
 
     fn session_id(&self) -> Option<HeaderValue> {
@@ -445,11 +460,15 @@ impl Session {
 
     /// The standalone GET stream for server-initiated messages, reconnected while it works.
     async fn run_get_stream(&self) {
+        let epoch = self.epoch.load(Ordering::Acquire);
         let max = self.shared.options.max_message_bytes;
         let mut last_event_id: Option<String> = None;
         let mut retry = DEFAULT_RETRY;
         let mut failures = 0u32;
         loop {
+            if self.epoch.load(Ordering::Acquire) != epoch {
+                return; // a newer daemon session has its own stream
+            }
             let mut request = self.request(Method::GET).header(ACCEPT, http::ACCEPT_SSE);
             if let Some(id) = &last_event_id {
                 request = request.header(LAST_EVENT_ID, header_value(id));
@@ -490,9 +509,17 @@ impl Session {
                 Ok(r) => {
                     debug!("GET stream refused: HTTP {}", r.status());
                     if matches!(r.status().as_u16(), 400 | 404) && self.session_id().is_some() {
-                        return; // the session is gone; requests will report it
+                        // The daemon forgot the session: it restarted.
+                        self.shared.trigger_recovery();
+                        return;
                     }
                     failures += 1;
+                }
+                Err(e) if e.is_connect() => {
+                    // The daemon is gone: get it back now rather than at the next request.
+                    debug!("GET stream failed: {}", cause(&e));
+                    self.shared.trigger_recovery();
+                    return;
                 }
                 Err(e) => {
                     debug!("GET stream failed: {}", cause(&e));

@@ -344,7 +344,7 @@ fn batch_arrays_become_one_post_per_message() {
 }
 
 #[test]
-fn a_lost_session_is_answered_with_the_request_id() {
+fn a_session_that_stays_lost_is_answered_with_the_request_id() {
     let fake = Fake::start(mcp_router(with_session(|_, _| {
         json_response(
             StatusCode::NOT_FOUND,

@@ -261,7 +261,7 @@ fn an_unreachable_daemon_answers_each_request_with_its_id_and_a_hint() {
     let home = TestHome::new();
     let port = crate::support::free_port();
     let url = format!("http://127.0.0.1:{port}/mcp");
-    let mut proxy = Proxy::spawn(&home, &["--url", &url]);
+    let mut proxy = Proxy::spawn(&home, &["--url", &url, "--reconnect-timeout", "300ms"]);
     proxy.send(&crate::support::initialize_request(1));
     proxy.send(&request(2, "tools/list", json!({})));
     for id in [1, 2] {

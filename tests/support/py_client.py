@@ -20,6 +20,11 @@ Scenarios (written against @modelcontextprotocol/server-everything unless said o
     get-env [VAR...]   `get-env`: the server's environment (only VARs if given)
     memory-create NAME  server-memory: create_entities NAME
     memory-read NAME    server-memory: read_graph contains NAME
+    survive-restart GO  `echo`, then GO.waiting is written and the client waits for the file GO
+                        (the test restarts the daemon meanwhile), then `echo` again must work
+    in-flight-restart GO  a long `trigger-long-running-operation` runs; once its progress
+                        starts GO.waiting is written and the client waits for GO (the test kills
+                        the daemon): that call must end in a JSON-RPC error, the next `echo` works
     all            basic echo-big progress sampling elicitation roots concurrent unknown-tool,
                    all in one session
 
@@ -77,7 +82,9 @@ ALL_SCENARIOS = [
 ]
 # scenario -> number of positional arguments it takes (None = any number)
 SCENARIO_ARGS: dict[str, int | None] = {s: 0 for s in ALL_SCENARIOS}
-SCENARIO_ARGS.update({"all": 0, "get-env": None, "memory-create": 1, "memory-read": 1})
+SCENARIO_ARGS.update(
+    {"all": 0, "get-env": None, "memory-create": 1, "memory-read": 1, "survive-restart": 1, "in-flight-restart": 1}
+)
 
 
 class CheckFailed(Exception):
@@ -318,6 +325,58 @@ async def sc_memory_read(c: Client, args: list[str]) -> dict[str, Any]:
     return {"entities": names}
 
 
+async def wait_for_go(go_file: str) -> None:
+    """Tells the test we are at the checkpoint (GO_FILE.waiting), then waits for GO_FILE."""
+    with open(go_file + ".waiting", "w") as f:
+        f.write(str(os.getpid()))
+    with anyio.fail_after(90):
+        while not os.path.exists(go_file):
+            await anyio.sleep(0.02)
+
+
+async def sc_survive_restart(c: Client, args: list[str]) -> dict[str, Any]:
+    # The test restarts the daemon while this session sits between two calls.
+    check(await c.echo("before") == "before", "echo before the restart failed")
+    await wait_for_go(args[0])
+    t0 = time.monotonic()
+    check(await c.echo("after") == "after", "echo after the restart failed")
+    return {"after_seconds": round(time.monotonic() - t0, 3)}
+
+
+async def sc_in_flight_restart(c: Client, args: list[str]) -> dict[str, Any]:
+    # The test kills the daemon while a long tool call runs: that call must fail with an
+    # error (not hang), and the next call in the same session must work.
+    started = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        started.set()
+
+    out: dict[str, Any] = {}
+
+    async def long_call() -> None:
+        try:
+            res = await c.s.call_tool(
+                "trigger-long-running-operation",
+                {"duration": 30, "steps": 30},
+                progress_callback=on_progress,
+            )
+            out["long_call"] = "isError" if res.isError else "completed"
+            out["message"] = text_of(res)
+        except McpError as e:
+            out["long_call"] = "error"
+            out["code"] = e.error.code
+            out["message"] = e.error.message
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(long_call)
+        with anyio.fail_after(30):
+            await started.wait()
+        await wait_for_go(args[0])
+    check(out.get("long_call") == "error", f"the in-flight call should fail with an error: {out}")
+    check(await c.echo("after") == "after", "echo after the restart failed")
+    return out
+
+
 SCENARIOS: dict[str, Callable[[Client, list[str]], Awaitable[dict[str, Any]]]] = {
     "basic": sc_basic,
     "echo-big": sc_echo_big,
@@ -330,6 +389,8 @@ SCENARIOS: dict[str, Callable[[Client, list[str]], Awaitable[dict[str, Any]]]] =
     "get-env": sc_get_env,
     "memory-create": sc_memory_create,
     "memory-read": sc_memory_read,
+    "survive-restart": sc_survive_restart,
+    "in-flight-restart": sc_in_flight_restart,
 }
 
 

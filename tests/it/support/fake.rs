@@ -48,6 +48,11 @@ pub struct Fake {
 impl Fake {
     /// Serves `router` at `http://127.0.0.1:PORT/mcp` (the router decides what paths exist).
     pub fn start(router: Router) -> Fake {
+        Fake::start_on(0, router)
+    }
+
+    /// Like `start`, on a given port (0 = any).
+    pub fn start_on(port: u16, router: Router) -> Fake {
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let recorder = requests.clone();
         let router = router
@@ -83,7 +88,7 @@ impl Fake {
                 .build()
                 .expect("runtime");
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
                     .await
                     .expect("bind");
                 let _ = port_tx.send(listener.local_addr().expect("addr").port());

@@ -143,6 +143,26 @@ pub fn python_client(
     scenario: &[&str],
     proxy_args: &[&str],
 ) -> serde_json::Value {
+    let client = python_client_command(home, scenario, proxy_args);
+    let output = run_with_deadline(client, Duration::from_secs(120));
+    client_report(scenario, output)
+}
+
+/// `python_client` in the background, for scenarios the test interacts with.
+pub fn python_client_spawn(
+    home: &super::TestHome,
+    scenario: &[&str],
+    proxy_args: &[&str],
+) -> std::thread::JoinHandle<std::process::Output> {
+    let client = python_client_command(home, scenario, proxy_args);
+    std::thread::spawn(move || run_with_deadline(client, Duration::from_secs(120)))
+}
+
+fn python_client_command(
+    home: &super::TestHome,
+    scenario: &[&str],
+    proxy_args: &[&str],
+) -> Command {
     let mut command = home.mcpsm();
     command.env_remove("RUST_LOG");
     let envs: Vec<(String, String)> = command
@@ -159,7 +179,12 @@ pub fn python_client(
         .arg(super::bin())
         .arg("proxy")
         .args(proxy_args);
-    let output = run_with_deadline(client, Duration::from_secs(120));
+    client
+}
+
+/// The JSON report of a finished `py_client.py`, or a panic with its output.
+#[track_caller]
+pub fn client_report(scenario: &[&str], output: std::process::Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -170,6 +195,32 @@ pub fn python_client(
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
         panic!("py_client.py printed something that is not JSON ({e}):\n{stdout}")
     })
+}
+
+/// server-everything on a given port (to restart a daemon where it was).
+pub fn everything_on(mode: &str, port: u16) -> Server {
+    let path = if mode == "sse" { "/sse" } else { "/mcp" };
+    let mut command = Command::new("node");
+    command
+        .arg("-r")
+        .arg(support_dir().join("loopback.cjs"))
+        .arg(everything_js())
+        .arg(mode)
+        .env("PORT", port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let child = command.spawn().expect("spawn node");
+    let server = Server {
+        child,
+        port,
+        url: format!("http://127.0.0.1:{port}{path}"),
+    };
+    wait_for(DEADLINE, "server-everything to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    server
 }
 
 /// Runs a command to completion, killing it if it outlives `limit`.
