@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::TransportKind;
+use crate::config::{Sharing, TransportKind};
 use crate::transport::stdio::DEFAULT_MAX_MESSAGE_BYTES;
 
 const EXAMPLES: &str = "\
@@ -80,12 +80,60 @@ Examples:
     #[command(after_help = "Example:\n  mcpsm restart memory")]
     Restart(NameArgs),
 
+    /// Serve a stdio-only MCP server as a streamable-HTTP daemon (the manager runs this for
+    /// `transport = "stdio"` daemons)
+    #[command(after_help = "\
+Examples:
+  mcpsm stdio-host --port 3100 -- npx -y @modelcontextprotocol/server-memory
+  mcpsm stdio-host --port 3101 --sharing isolated -- node browser-server.js
+
+Every HTTP session gets its own Mcp-Session-Id; with --sharing shared (the default) they are
+multiplexed onto one server process, with --sharing isolated each gets its own.")]
+    StdioHost(StdioHostArgs),
+
     /// Print a daemon's log ($MCPSM_HOME/logs/NAME.log)
     #[command(after_help = "\
 Examples:
   mcpsm logs memory            the last 50 lines
   mcpsm logs memory -n 200 -f  the last 200, then follow")]
     Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StdioHostArgs {
+    /// The port to serve on (127.0.0.1 only); the endpoint is /mcp
+    #[arg(long)]
+    pub port: u16,
+
+    /// shared: one server process for every session; isolated: one per session
+    #[arg(long, default_value = "shared", value_parser = parse_sharing)]
+    pub sharing: Sharing,
+
+    /// The daemon's name, for messages
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Sessions with no request for this long are forgotten
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
+    pub session_idle_timeout: std::time::Duration,
+
+    /// The largest message accepted in either direction, in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+
+    /// The server's command and arguments
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+fn parse_sharing(text: &str) -> Result<Sharing, String> {
+    match text {
+        "shared" => Ok(Sharing::Shared),
+        "isolated" => Ok(Sharing::Isolated),
+        other => Err(format!(
+            "unknown sharing `{other}`; expected shared or isolated"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -20,6 +20,7 @@ pub const DEFAULT_MANAGER_PORT: u16 = 3199;
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// The registry used when `daemons.toml` does not exist.
 pub const EMBEDDED_DEFAULTS: &str = include_str!("defaults.toml");
@@ -35,6 +36,27 @@ pub enum TransportKind {
     Sse,
     /// Try streamable HTTP, fall back to legacy SSE on 400/404/405.
     Auto,
+    /// A server that speaks only stdio: mcpsm's stdio host serves it as streamable HTTP.
+    Stdio,
+}
+
+/// How the sessions of a stdio daemon share its server process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sharing {
+    /// One process for every session.
+    Shared,
+    /// One process per session (for servers that keep per-client state).
+    Isolated,
+}
+
+impl Sharing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sharing::Shared => "shared",
+            Sharing::Isolated => "isolated",
+        }
+    }
 }
 
 impl TransportKind {
@@ -43,13 +65,22 @@ impl TransportKind {
             TransportKind::StreamableHttp => "streamable-http",
             TransportKind::Sse => "sse",
             TransportKind::Auto => "auto",
+            TransportKind::Stdio => "stdio",
+        }
+    }
+
+    /// What a client speaks to reach such a daemon: the stdio host is streamable HTTP.
+    pub fn wire(self) -> TransportKind {
+        match self {
+            TransportKind::Stdio => TransportKind::StreamableHttp,
+            other => other,
         }
     }
 
     fn default_path(self) -> &'static str {
         match self {
             TransportKind::Sse => "/sse",
-            TransportKind::StreamableHttp | TransportKind::Auto => "/mcp",
+            TransportKind::StreamableHttp | TransportKind::Auto | TransportKind::Stdio => "/mcp",
         }
     }
 }
@@ -125,6 +156,8 @@ struct RawDaemon {
     startup_timeout: Option<Spanned<DurationValue>>,
     stop_timeout: Option<Spanned<DurationValue>>,
     health_interval: Option<Spanned<DurationValue>>,
+    sharing: Option<Spanned<Sharing>>,
+    session_idle_timeout: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +199,10 @@ pub struct DaemonSpec {
     pub stop_timeout: Duration,
     /// Time between health probes of a ready daemon; zero turns them off.
     pub health_interval: Duration,
+    /// For `transport = "stdio"`: how sessions share the server process.
+    pub sharing: Sharing,
+    /// For `transport = "stdio"`: sessions with no request for this long are forgotten.
+    pub session_idle_timeout: Duration,
     /// `file:line` of the daemon's table, for messages.
     pub defined_at: String,
 }
@@ -307,6 +344,12 @@ impl Registry {
         let startup_timeout = duration(&body.startup_timeout, DEFAULT_STARTUP_TIMEOUT)?;
         let stop_timeout = duration(&body.stop_timeout, DEFAULT_STOP_TIMEOUT)?;
         let health_interval = duration(&body.health_interval, DEFAULT_HEALTH_INTERVAL)?;
+        let session_idle_timeout =
+            duration(&body.session_idle_timeout, DEFAULT_SESSION_IDLE_TIMEOUT)?;
+        let sharing = body
+            .sharing
+            .as_ref()
+            .map_or(Sharing::Shared, |s| *s.get_ref());
         let mut headers = Vec::new();
         for (key, value) in &body.headers {
             let expanded = expand(value)?;
@@ -378,6 +421,8 @@ impl Registry {
             startup_timeout,
             stop_timeout,
             health_interval,
+            sharing,
+            session_idle_timeout,
             defined_at: format!(
                 "{}:{}",
                 self.file,
@@ -441,6 +486,23 @@ fn validate_daemon(
                 }
                 Some(_) => {}
             }
+            let stdio = body
+                .transport
+                .as_ref()
+                .is_some_and(|t| *t.get_ref() == TransportKind::Stdio);
+            let stdio_only = [
+                ("sharing", body.sharing.as_ref().map(Spanned::span)),
+                ("session-idle-timeout", body.session_idle_timeout.as_ref().map(Spanned::span)),
+            ];
+            if let (false, Some((key, Some(span)))) =
+                (stdio, stdio_only.into_iter().find(|(_, s)| s.is_some()))
+            {
+                return Err(located(
+                    span,
+                    format!("`{key}` applies only to `transport = \"stdio\"` daemons"),
+                    None,
+                ));
+            }
             if let Some(path) = &body.path {
                 if !path.get_ref().starts_with('/') {
                     return Err(located(
@@ -461,7 +523,15 @@ fn validate_daemon(
                 ("stop-timeout", body.stop_timeout.as_ref().map(Spanned::span)),
                 ("health-interval", body.health_interval.as_ref().map(Spanned::span)),
                 ("startup-timeout", body.startup_timeout.as_ref().map(Spanned::span)),
+                ("sharing", body.sharing.as_ref().map(Spanned::span)),
             ];
+            if let Some(transport) = body.transport.as_ref().filter(|t| *t.get_ref() == TransportKind::Stdio) {
+                return Err(located(
+                    transport.span(),
+                    "`transport = \"stdio\"` needs `command` (mcpsm runs the server); this daemon has `url`".into(),
+                    None,
+                ));
+            }
             if let Some((key, Some(span))) = only_with_command.into_iter().find(|(_, s)| s.is_some()) {
                 return Err(located(
                     span,

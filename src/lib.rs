@@ -19,6 +19,9 @@
 //! - [`cmd`]: one module per subcommand; `proxy` is the stdio bridge.
 //! - [`transport`]: one client session with a daemon over streamable HTTP or legacy SSE,
 //!   plus stdio framing and SSE decoding.
+//! - [`host`]: the stdio host, which serves a stdio-only MCP server as an HTTP daemon.
+//! - [`supervise`]: the manager's side: daemon processes, their actors, state and API client.
+//! - [`guard`]: DNS-rebinding protection for mcpsm's HTTP servers.
 //! - [`config`]: the TOML daemon registry, its defaults and validation.
 //! - [`jsonrpc`]: the message envelope: exact bytes plus id and method.
 //! - [`paths`]: where mcpsm keeps its files.
@@ -26,6 +29,8 @@
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod guard;
+pub mod host;
 pub mod jsonrpc;
 pub mod paths;
 pub mod supervise;

@@ -1,6 +1,7 @@
 //! One module per subcommand; this file only dispatches and resolves the settings they share.
 
 mod control;
+mod host;
 mod logs;
 mod manager;
 mod proxy;
@@ -42,17 +43,19 @@ impl Settings {
 
     /// The registry path to hand to a manager this process starts, if it is not the default.
     pub fn explicit_registry(&self) -> Option<&std::path::Path> {
-        self.registry_explicit.then_some(self.registry_path.as_path())
+        self.registry_explicit
+            .then_some(self.registry_path.as_path())
     }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Proxy(args) => proxy::run(args, cli.registry).await,
+        Command::StdioHost(args) => host::run(args).await,
         command => {
             let settings = Settings::new(cli.registry)?;
             match command {
-                Command::Proxy(_) => unreachable!("handled above"),
+                Command::Proxy(_) | Command::StdioHost(_) => unreachable!("handled above"),
                 Command::Manager(args) => manager::run(args, settings).await,
                 Command::Status(args) => status::run(args, settings).await,
                 Command::Start(args) => control::run("start", args, settings).await,

@@ -454,10 +454,10 @@ impl Upstream {
             wake_recovery: Notify::new(),
             hooks,
         });
-        let mode = match transport {
-            TransportKind::StreamableHttp => OnceCell::new_with(Some(Mode::Streamable(
-                streamable::Session::new(shared.clone()),
-            ))),
+        let mode = match transport.wire() {
+            TransportKind::StreamableHttp | TransportKind::Stdio => OnceCell::new_with(Some(
+                Mode::Streamable(streamable::Session::new(shared.clone())),
+            )),
             TransportKind::Sse => {
                 let url = shared.options.url.clone();
                 OnceCell::new_with(Some(Mode::Legacy(legacy::Session::new(

@@ -3,18 +3,21 @@
 
 Usage:
     py_server.py --port P --mode json|sse|legacy-sse [--log-level LEVEL]
+    py_server.py --mode stdio
 
 Modes (always bound to 127.0.0.1):
     json        streamable HTTP at /mcp, plain application/json answers, stateless (no session
                 id). Notifications tied to a request (progress) cannot be delivered here.
     sse         streamable HTTP at /mcp, SSE-framed answers, sessions (Mcp-Session-Id).
     legacy-sse  the old HTTP+SSE transport: GET /sse, POST /messages/?session_id=...
+    stdio       newline-delimited JSON-RPC on stdin/stdout (no port)
 
 Tools:
     echo(message: str) -> "Echo: <message>"          (same shape as server-everything)
     add(a: int, b: int) -> a + b                     (text plus structuredContent {"result": ...})
     long_running(steps: int = 3, delay: float = 0.1) -> reports progress 1..steps of steps
                                                      via ctx.report_progress, then "done N"
+    counter() -> "N": how often it was called in this process (shows which sessions share one)
 
 --port 0 picks a free port. Once the socket is bound it prints one line to stderr:
     py_server: listening on http://127.0.0.1:PORT/mcp     (or .../sse for legacy-sse)
@@ -47,6 +50,14 @@ def build(mode: str, port: int, log_level: str) -> FastMCP:
     def add(a: int, b: int) -> int:
         """Adds two numbers."""
         return a + b
+
+    calls = {"n": 0}
+
+    @mcp.tool()
+    def counter() -> str:
+        """Counts its calls in this server process."""
+        calls["n"] += 1
+        return str(calls["n"])
 
     @mcp.tool()
     async def long_running(ctx: Context, steps: int = 3, delay: float = 0.1) -> str:
@@ -82,10 +93,13 @@ async def serve(mode: str, port: int, log_level: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(prog="py_server.py", description=__doc__.splitlines()[0])
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--mode", choices=["json", "sse", "legacy-sse"], required=True)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--mode", choices=["json", "sse", "legacy-sse", "stdio"], required=True)
     ap.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     ns = ap.parse_args()
+    if ns.mode == "stdio":
+        build(ns.mode, 0, ns.log_level).run(transport="stdio")
+        return 0
     try:
         anyio.run(serve, ns.mode, ns.port, ns.log_level)
     except BaseException as exc:  # noqa: BLE001 - unwrap task-group errors into one clear line

@@ -1,0 +1,49 @@
+//! `mcpsm stdio-host`: serves a stdio-only MCP server as a streamable-HTTP daemon. The manager
+//! runs it for `transport = "stdio"` daemons; see [`crate::host`].
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::StdioHostArgs;
+use crate::host::hub::ChildCommand;
+use crate::host::{self, HostOptions};
+use crate::supervise::process;
+
+pub async fn run(args: StdioHostArgs) -> anyhow::Result<ExitCode> {
+    let Some((command, rest)) = args.command.split_first() else {
+        anyhow::bail!("give the server's command after `--`, e.g. `mcpsm stdio-host --port 3100 -- npx -y @modelcontextprotocol/server-memory`");
+    };
+    let program = process::find_program(command, None)?;
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await {
+        Ok(listener) => listener,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            anyhow::bail!("{}", process::describe_port_in_use(args.port))
+        }
+        Err(e) => return Err(e).with_context(|| format!("binding 127.0.0.1:{}", args.port)),
+    };
+    let options = HostOptions {
+        port: args.port,
+        sharing: args.sharing,
+        command: ChildCommand {
+            program,
+            args: rest.to_vec(),
+            name: args.name.unwrap_or_else(|| command.clone()),
+            max_message_bytes: args.max_message_bytes,
+        },
+        idle_timeout: args.session_idle_timeout,
+    };
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let stop = async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+    };
+    host::run(options, listener, stop)
+        .await
+        .context("serving")?;
+    Ok(ExitCode::SUCCESS)
+}
