@@ -91,12 +91,45 @@ Every HTTP session gets its own Mcp-Session-Id; with --sharing shared (the defau
 multiplexed onto one server process, with --sharing isolated each gets its own.")]
     StdioHost(StdioHostArgs),
 
+    /// See mcpsm work in a minute: one shared daemon, two sessions, SIGINT and kill -9 survived
+    #[command(
+        after_help = "Example:\n  mcpsm demo\n\nRuns in a private temporary home (its own manager and ports) and cleans up after itself."
+    )]
+    Demo,
+
+    /// Print a shell completion script
+    #[command(after_help = "\
+Examples:
+  mcpsm completions bash > ~/.local/share/bash-completion/completions/mcpsm
+  mcpsm completions zsh > \"${fpath[1]}/_mcpsm\"
+  mcpsm completions fish > ~/.config/fish/completions/mcpsm.fish")]
+    Completions(CompletionsArgs),
+
+    /// Run the built-in demo MCP server (tools `echo` and `counter`) on 127.0.0.1:PORT/mcp
+    #[command(
+        after_help = "Example:\n  mcpsm demo-server --port 3102\n\nIt is the embedded default daemon `demo`; tests and benchmarks use it as a fast upstream."
+    )]
+    DemoServer(DemoServerArgs),
+
     /// Print a daemon's log ($MCPSM_HOME/logs/NAME.log)
     #[command(after_help = "\
 Examples:
   mcpsm logs memory            the last 50 lines
   mcpsm logs memory -n 200 -f  the last 200, then follow")]
     Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoServerArgs {
+    /// The port to serve on (127.0.0.1 only; 0 picks a free one and prints it)
+    #[arg(long)]
+    pub port: u16,
 }
 
 #[derive(Debug, Args)]

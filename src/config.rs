@@ -380,7 +380,10 @@ impl Registry {
                 let port = body.port.as_ref().map_or(0, |p| *p.get_ref());
                 let port_text = port.to_string();
                 let with_port = |value: &Spanned<String>| {
-                    expand(value).map(|v| v.replace("{port}", &port_text))
+                    expand(value).map(|v| {
+                        v.replace("{port}", &port_text)
+                            .replace("{mcpsm}", &mcpsm_bin())
+                    })
                 };
                 let args = body.args.iter().map(with_port).collect::<Result<_, _>>()?;
                 let env = body
@@ -402,7 +405,7 @@ impl Registry {
                     located(daemon.span(), format!("cannot build the daemon URL: {e}"))
                 })?;
                 let launch = Launch {
-                    command: expand(command)?,
+                    command: with_port(command)?,
                     args,
                     env,
                     cwd,
@@ -542,6 +545,13 @@ fn validate_daemon(
         }
     }
     Ok(())
+}
+
+/// This binary's absolute path, for the `{mcpsm}` placeholder.
+fn mcpsm_bin() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "mcpsm".to_owned())
 }
 
 /// Expands `${VAR}`, `${VAR:-default}`, `$$` (a literal `$`) and a leading `~` / `~/`.

@@ -22,6 +22,7 @@
 //! - [`host`]: the stdio host, which serves a stdio-only MCP server as an HTTP daemon.
 //! - [`supervise`]: the manager's side: daemon processes, their actors, state and API client.
 //! - [`guard`]: DNS-rebinding protection for mcpsm's HTTP servers.
+//! - [`demo`]: the built-in demo MCP server (the default daemon `demo`, tests, benchmarks).
 //! - [`config`]: the TOML daemon registry, its defaults and validation.
 //! - [`jsonrpc`]: the message envelope: exact bytes plus id and method.
 //! - [`paths`]: where mcpsm keeps its files.
@@ -29,6 +30,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod demo;
 pub mod guard;
 pub mod host;
 pub mod jsonrpc;

@@ -1,6 +1,8 @@
 //! One module per subcommand; this file only dispatches and resolves the settings they share.
 
 mod control;
+mod demo;
+mod demo_server;
 mod host;
 mod logs;
 mod manager;
@@ -52,10 +54,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Proxy(args) => proxy::run(args, cli.registry).await,
         Command::StdioHost(args) => host::run(args).await,
+        Command::DemoServer(args) => demo_server::run(args).await,
+        Command::Demo => demo::run().await,
+        Command::Completions(args) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut command, "mcpsm", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         command => {
             let settings = Settings::new(cli.registry)?;
             match command {
-                Command::Proxy(_) | Command::StdioHost(_) => unreachable!("handled above"),
+                Command::Proxy(_)
+                | Command::StdioHost(_)
+                | Command::DemoServer(_)
+                | Command::Demo
+                | Command::Completions(_) => {
+                    unreachable!("handled above")
+                }
                 Command::Manager(args) => manager::run(args, settings).await,
                 Command::Status(args) => status::run(args, settings).await,
                 Command::Start(args) => control::run("start", args, settings).await,
