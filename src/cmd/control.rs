@@ -32,10 +32,15 @@ pub async fn run(action: &str, args: NameArgs, settings: Settings) -> anyhow::Re
             println!("{}: stopped (no manager is running)", args.name);
             Ok(ExitCode::SUCCESS)
         }
-        Err(ClientError::Api { message, daemon, .. }) => {
+        Err(ClientError::Api {
+            message, daemon, ..
+        }) => {
             eprintln!("error: {message}");
             if let Some(daemon) = daemon {
-                eprintln!("hint: read its log with `mcpsm logs {}` ({})", daemon.name, daemon.log_file);
+                eprintln!(
+                    "hint: read its log with `mcpsm logs {}` ({})",
+                    daemon.name, daemon.log_file
+                );
             }
             Ok(ExitCode::FAILURE)
         }

@@ -56,7 +56,10 @@ async fn detach(settings: &Settings, port: u16) -> anyhow::Result<ExitCode> {
     let paths = &settings.paths;
     let client = ManagerClient::new(paths, port);
     if let Ok(info) = client.ping().await {
-        println!("mcpsm manager is already running at 127.0.0.1:{} (pid {})", info.port, info.pid);
+        println!(
+            "mcpsm manager is already running at 127.0.0.1:{} (pid {})",
+            info.port, info.pid
+        );
         return Ok(ExitCode::SUCCESS);
     }
     std::fs::create_dir_all(paths.logs_dir())
@@ -84,7 +87,10 @@ async fn detach(settings: &Settings, port: u16) -> anyhow::Result<ExitCode> {
     let deadline = Instant::now() + DETACH_TIMEOUT;
     loop {
         if let Ok(info) = client.ping().await {
-            println!("mcpsm manager running at 127.0.0.1:{} (pid {})", info.port, info.pid);
+            println!(
+                "mcpsm manager running at 127.0.0.1:{} (pid {})",
+                info.port, info.pid
+            );
             return Ok(ExitCode::SUCCESS);
         }
         // Exit 0 means another manager won the lock: wait for that one to answer.
@@ -184,7 +190,12 @@ async fn serve(settings: Settings, port: u16) -> anyhow::Result<ExitCode> {
         paths: paths.clone(),
         state_file: state_file.clone(),
     });
-    let manager = Manager::new(context, settings.registry_path.clone(), settings.registry_explicit, port);
+    let manager = Manager::new(
+        context,
+        settings.registry_path.clone(),
+        settings.registry_explicit,
+        port,
+    );
     if let Some(previous) = previous {
         manager.adopt(&previous).await;
     }
@@ -198,7 +209,10 @@ async fn serve(settings: Settings, port: u16) -> anyhow::Result<ExitCode> {
         port,
         exit: exit.clone(),
     });
-    info!(pid = std::process::id(), "mcpsm manager listening on 127.0.0.1:{port}");
+    info!(
+        pid = std::process::id(),
+        "mcpsm manager listening on 127.0.0.1:{port}"
+    );
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -232,6 +246,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/stop", post(|s, b| daemon_action(s, b, "stop")))
         .route("/restart", post(|s, b| daemon_action(s, b, "restart")))
         .route("/ensure", post(|s, b| daemon_action(s, b, "ensure")))
+        .route("/recovered", post(|s, b| daemon_action(s, b, "recovered")))
         .route("/start-all", post(start_all))
         .route("/stop-all", post(stop_all))
         .route("/shutdown", post(shutdown))
@@ -247,7 +262,10 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 /// DNS-rebinding protection and authentication, before any handler.
 async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let headers = request.headers();
-    let host = headers.get(HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host = headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !host_is_loopback(host) {
         return error(
             StatusCode::FORBIDDEN,
@@ -257,7 +275,10 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
     if let Some(origin) = headers.get(ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         if !origin_is_loopback(origin) {
-            return error(StatusCode::FORBIDDEN, format!("Origin `{origin}` is not allowed"));
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("Origin `{origin}` is not allowed"),
+            );
         }
     }
     if request.method() == Method::POST && !authorized(request.headers(), &app.token) {
@@ -325,7 +346,11 @@ struct TailQuery {
     tail: Option<usize>,
 }
 
-async fn logs_of(State(app): State<Arc<App>>, Path(name): Path<String>, Query(query): Query<TailQuery>) -> Response {
+async fn logs_of(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    Query(query): Query<TailQuery>,
+) -> Response {
     let report = app.manager.status().await;
     if !report.daemons.iter().any(|d| d.name == name) {
         let known: Vec<&str> = report.daemons.iter().map(|d| d.name.as_str()).collect();
@@ -351,13 +376,17 @@ struct NameBody {
 
 async fn daemon_action(State(app): State<Arc<App>>, body: Bytes, action: &'static str) -> Response {
     let Ok(NameBody { name }) = serde_json::from_slice(&body) else {
-        return error(StatusCode::BAD_REQUEST, r#"the body must be {"name": "DAEMON"}"#);
+        return error(
+            StatusCode::BAD_REQUEST,
+            r#"the body must be {"name": "DAEMON"}"#,
+        );
     };
     let manager = &app.manager;
     let result = match action {
         "start" => manager.start(&name).await,
         "stop" => manager.stop(&name).await,
         "restart" => manager.restart(&name).await,
+        "recovered" => manager.recovered(&name).await,
         _ => manager.ensure(&name).await,
     };
     match result {
@@ -445,10 +474,23 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for host in ["127.0.0.1", "127.0.0.1:3199", "localhost:80", "LOCALHOST", "[::1]:3199", "[::1]"] {
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:3199",
+            "localhost:80",
+            "LOCALHOST",
+            "[::1]:3199",
+            "[::1]",
+        ] {
             assert!(host_is_loopback(host), "{host}");
         }
-        for host in ["evil.example.com", "evil.example.com:3199", "10.0.0.1:3199", "", "localhost.evil.com"] {
+        for host in [
+            "evil.example.com",
+            "evil.example.com:3199",
+            "10.0.0.1:3199",
+            "",
+            "localhost.evil.com",
+        ] {
             assert!(!host_is_loopback(host), "{host}");
         }
     }

@@ -28,7 +28,7 @@ use crate::cli::ProxyArgs;
 use crate::config::{Registry, TransportKind};
 use crate::jsonrpc::{Kind, Message, PARSE_ERROR, UPSTREAM_ERROR};
 use crate::paths::Paths;
-use crate::supervise::client::{connect_or_start, ClientError};
+use crate::supervise::client::{connect_or_start, ClientError, ManagerClient};
 use crate::transport::stdio::{Line, LineReader};
 use crate::transport::{EnsureFn, Hooks, Options, Upstream};
 
@@ -75,7 +75,13 @@ pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<E
                     });
                     ensure
                 }),
-                recovered: None,
+                recovered: gate.clone().map(|gate| {
+                    let recovered: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+                        let gate = gate.clone();
+                        tokio::spawn(async move { gate.report_recovery().await });
+                    });
+                    recovered
+                }),
             };
             match Upstream::new(options, out_tx.clone(), shutdown.clone(), hooks) {
                 Ok(upstream) => {
@@ -278,6 +284,14 @@ impl Gate {
                 *last = Some((Instant::now(), why.clone()));
                 Err(why)
             }
+        }
+    }
+
+    /// Tells the manager a client session was recovered (for `mcpsm status`); best effort.
+    async fn report_recovery(&self) {
+        let client = ManagerClient::new(&self.paths, self.manager_port);
+        if let Err(e) = client.daemon_action("recovered", &self.name).await {
+            debug!("could not report the recovery to the manager: {e}");
         }
     }
 

@@ -66,9 +66,23 @@ fn print_table(daemons: &[DaemonStatus]) {
             ]
         })
         .collect();
-    let headers = ["NAME", "STATE", "PID", "PORT", "TRANSPORT", "UPTIME", "RESTARTS"];
+    let headers = [
+        "NAME",
+        "STATE",
+        "PID",
+        "PORT",
+        "TRANSPORT",
+        "UPTIME",
+        "RESTARTS",
+    ];
     let widths: Vec<usize> = (0..headers.len())
-        .map(|i| rows.iter().map(|r| r[i].len()).chain([headers[i].len()]).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([headers[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: Vec<&str>| {
         cells
@@ -83,6 +97,15 @@ fn print_table(daemons: &[DaemonStatus]) {
     println!("{}", line(headers.to_vec()));
     for (row, daemon) in rows.iter().zip(daemons) {
         println!("{}", line(row.iter().map(String::as_str).collect()));
+        if daemon.sessions_recovered > 0 {
+            let ago = daemon.last_recovery.map_or(String::new(), |t| {
+                format!(
+                    ", the last {} ago",
+                    human_duration(crate::supervise::daemon::unix_now().saturating_sub(t))
+                )
+            });
+            println!("  sessions recovered: {}{ago}", daemon.sessions_recovered);
+        }
         if let Some(error) = &daemon.last_error {
             for (i, text) in error.lines().enumerate() {
                 let label = if i == 0 { "  last error: " } else { "    " };

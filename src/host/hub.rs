@@ -544,7 +544,7 @@ impl Hub {
             let mut lines = FramedRead::new(stdout, LinesCodec::new_with_max_length(max));
             while let Some(line) = lines.next().await {
                 match line {
-                    Ok(line) => reader_hub.from_child(line).await,
+                    Ok(line) => reader_hub.on_child_line(line).await,
                     Err(e) => warn!("the MCP server wrote an unusable line: {e}"),
                 }
             }
@@ -609,7 +609,7 @@ impl Hub {
         }
     }
 
-    async fn from_child(&self, line: String) {
+    async fn on_child_line(&self, line: String) {
         let message = match Message::parse(Bytes::from(line)) {
             Ok(message) => message,
             Err(e) => {

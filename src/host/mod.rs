@@ -128,16 +128,23 @@ fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {
         .into_response()
 }
 
-fn session_of(front: &Front, headers: &HeaderMap) -> Result<Arc<Attached>, Response> {
+/// The session a request names, or the response that refuses it (boxed: it is large).
+fn session_of(front: &Front, headers: &HeaderMap) -> Result<Arc<Attached>, Box<Response>> {
     let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
-        return Err(jsonrpc_error(
+        return Err(Box::new(jsonrpc_error(
             StatusCode::BAD_REQUEST,
             -32000,
             "Bad Request: Mcp-Session-Id header is required",
-        ));
+        )));
     };
     let found = front.sessions().get(id).cloned();
-    found.ok_or_else(|| jsonrpc_error(StatusCode::NOT_FOUND, -32001, "Session not found"))
+    found.ok_or_else(|| {
+        Box::new(jsonrpc_error(
+            StatusCode::NOT_FOUND,
+            -32001,
+            "Session not found",
+        ))
+    })
 }
 
 fn new_session_id() -> String {
@@ -197,7 +204,7 @@ async fn post_mcp(State(front): State<Arc<Front>>, headers: HeaderMap, body: Byt
     }
     let attached = match session_of(&front, &headers) {
         Ok(attached) => attached,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     attached.session.touch();
     let (tx, rx) = mpsc::channel::<Bytes>(64);
@@ -263,7 +270,7 @@ async fn initialize_session(front: &Arc<Front>, initialize: &Message) -> Respons
 async fn get_mcp(State(front): State<Arc<Front>>, headers: HeaderMap) -> Response {
     let attached = match session_of(&front, &headers) {
         Ok(attached) => attached,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     attached.session.touch();
     match attached.session.open_get_stream() {
@@ -279,7 +286,7 @@ async fn get_mcp(State(front): State<Arc<Front>>, headers: HeaderMap) -> Respons
 async fn delete_mcp(State(front): State<Arc<Front>>, headers: HeaderMap) -> Response {
     let attached = match session_of(&front, &headers) {
         Ok(attached) => attached,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     end_session(&front, &attached).await;
     StatusCode::OK.into_response()

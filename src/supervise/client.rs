@@ -80,7 +80,10 @@ impl ManagerClient {
     }
 
     pub async fn ping(&self) -> Result<ManagerInfo, ClientError> {
-        let request = self.http.get(self.url("/ping")).timeout(Duration::from_secs(5));
+        let request = self
+            .http
+            .get(self.url("/ping"))
+            .timeout(Duration::from_secs(5));
         self.call(request).await
     }
 
@@ -105,7 +108,11 @@ impl ManagerClient {
     }
 
     /// `POST /start`, `/stop`, `/restart` or `/ensure` for daemon `name`.
-    pub async fn daemon_action(&self, action: &str, name: &str) -> Result<DaemonStatus, ClientError> {
+    pub async fn daemon_action(
+        &self,
+        action: &str,
+        name: &str,
+    ) -> Result<DaemonStatus, ClientError> {
         let request = self.post(action, &json!({ "name": name }))?;
         self.call(request).await
     }
@@ -119,7 +126,10 @@ impl ManagerClient {
     fn post(&self, action: &str, body: &Value) -> Result<reqwest::RequestBuilder, ClientError> {
         let token = std::fs::read_to_string(&self.token_path).map_err(|e| ClientError::Http {
             port: self.port,
-            cause: format!("cannot read the manager token {}: {e}", self.token_path.display()),
+            cause: format!(
+                "cannot read the manager token {}: {e}",
+                self.token_path.display()
+            ),
         })?;
         Ok(self
             .http
@@ -129,7 +139,10 @@ impl ManagerClient {
             .body(body.to_string()))
     }
 
-    async fn call<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, ClientError> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
         let response = request.send().await.map_err(|e| self.http_error(&e))?;
         let status = response.status();
         let body = response.bytes().await.map_err(|e| self.http_error(&e))?;
@@ -148,8 +161,16 @@ fn api_error(status: StatusCode, body: &str) -> ClientError {
     let message = value["error"]
         .as_str()
         .map(str::to_owned)
-        .unwrap_or_else(|| format!("the manager answered HTTP {}: {}", status.as_u16(), body.trim()));
-    let daemon = serde_json::from_value(value["daemon"].clone()).ok().map(Box::new);
+        .unwrap_or_else(|| {
+            format!(
+                "the manager answered HTTP {}: {}",
+                status.as_u16(),
+                body.trim()
+            )
+        });
+    let daemon = serde_json::from_value(value["daemon"].clone())
+        .ok()
+        .map(Box::new);
     ClientError::Api {
         status: status.as_u16(),
         message,
@@ -222,13 +243,23 @@ async fn start_detached(paths: &Paths, registry: Option<&Path>) -> Result<(), Cl
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let child = command
-        .spawn()
-        .map_err(|e| ClientError::Start(format!("cannot run {} manager --detach: {e}", exe.display())))?;
-    let output = tokio::time::timeout(START_TIMEOUT + Duration::from_secs(5), child.wait_with_output())
-        .await
-        .map_err(|_| ClientError::Start(format!("`mcpsm manager --detach` did not finish within {START_TIMEOUT:?}")))?
-        .map_err(|e| ClientError::Start(format!("waiting for `mcpsm manager --detach` failed: {e}")))?;
+    let child = command.spawn().map_err(|e| {
+        ClientError::Start(format!(
+            "cannot run {} manager --detach: {e}",
+            exe.display()
+        ))
+    })?;
+    let output = tokio::time::timeout(
+        START_TIMEOUT + Duration::from_secs(5),
+        child.wait_with_output(),
+    )
+    .await
+    .map_err(|_| {
+        ClientError::Start(format!(
+            "`mcpsm manager --detach` did not finish within {START_TIMEOUT:?}"
+        ))
+    })?
+    .map_err(|e| ClientError::Start(format!("waiting for `mcpsm manager --detach` failed: {e}")))?;
     if output.status.success() {
         return Ok(());
     }

@@ -22,7 +22,7 @@ use super::logs;
 use super::probe::probe;
 use super::process::{self, Stopped};
 use super::state::{DaemonRecord, StateFile};
-use crate::config::DaemonSpec;
+use crate::config::{DaemonSpec, Launch, TransportKind};
 use crate::paths::Paths;
 
 /// Failed health probes in a row before a daemon counts as hung and is restarted.
@@ -70,7 +70,10 @@ impl DaemonState {
     fn settled(self) -> bool {
         matches!(
             self,
-            DaemonState::Ready | DaemonState::Failed | DaemonState::CrashLooping | DaemonState::Stopped
+            DaemonState::Ready
+                | DaemonState::Failed
+                | DaemonState::CrashLooping
+                | DaemonState::Stopped
         )
     }
 }
@@ -93,6 +96,12 @@ pub struct DaemonStatus {
     /// Taken over from a previous manager rather than started by this one.
     #[serde(default)]
     pub adopted: bool,
+    /// Client sessions whose proxy reconnected them after this daemon went away.
+    #[serde(default)]
+    pub sessions_recovered: u64,
+    /// Unix seconds of the last such recovery.
+    #[serde(default)]
+    pub last_recovery: Option<u64>,
 }
 
 impl DaemonStatus {
@@ -114,6 +123,8 @@ impl DaemonStatus {
             last_error: None,
             log_file: paths.daemon_log(&spec.name).display().to_string(),
             adopted: false,
+            sessions_recovered: 0,
+            last_recovery: None,
         }
     }
 
@@ -152,6 +163,8 @@ enum Command {
         ack: oneshot::Sender<()>,
     },
     /// The manager is exiting: stop the daemon, or leave it running for the next manager.
+    /// A proxy reconnected a client session to this daemon.
+    Recovered,
     Shutdown {
         stop: bool,
         ack: oneshot::Sender<()>,
@@ -165,7 +178,11 @@ pub struct DaemonHandle {
 }
 
 impl DaemonHandle {
-    pub fn spawn(spec: DaemonSpec, context: Arc<Context>, adopted: Option<Adopted>) -> DaemonHandle {
+    pub fn spawn(
+        spec: DaemonSpec,
+        context: Arc<Context>,
+        adopted: Option<Adopted>,
+    ) -> DaemonHandle {
         let (commands_tx, commands) = mpsc::channel(32);
         let mut status = DaemonStatus::new(&spec, &context.paths);
         let running = adopted.map(|a| {
@@ -243,6 +260,12 @@ impl DaemonHandle {
 
     pub async fn stop(&self) -> DaemonStatus {
         self.command(|ack| Command::Stop { ack }).await;
+        self.status()
+    }
+
+    /// Counts a client session a proxy recovered (shown by `mcpsm status`).
+    pub async fn recovered(&self) -> DaemonStatus {
+        let _ = self.commands.send(Command::Recovered).await;
         self.status()
     }
 
@@ -416,6 +439,13 @@ impl Actor {
                 let _ = ack.send(());
                 false
             }
+            Command::Recovered => {
+                self.status.send_modify(|status| {
+                    status.sessions_recovered += 1;
+                    status.last_recovery = Some(unix_now());
+                });
+                false
+            }
             Command::Shutdown { stop, ack } => {
                 if stop {
                     self.stop().await;
@@ -446,6 +476,13 @@ impl Actor {
             return self.publish(DaemonState::Failed, Some(Some(error)));
         }
         let _ = logs::rotate_if_large(&self.log, logs::MAX_LOG_BYTES);
+        let launch = match stdio_host_launch(&self.spec, launch) {
+            Ok(launch) => launch,
+            Err(e) => {
+                warn!(daemon = %self.spec.name, "{e}");
+                return self.publish(DaemonState::Failed, Some(Some(e.to_string())));
+            }
+        };
         let child = match process::spawn_daemon(&launch, &self.log) {
             Ok(child) => child,
             Err(e) => {
@@ -472,7 +509,10 @@ impl Actor {
                 started_at,
                 restarts: self.restarts,
             };
-            self.context.state_file.set_daemon(&self.spec.name, Some(record)).await;
+            self.context
+                .state_file
+                .set_daemon(&self.spec.name, Some(record))
+                .await;
         }
         self.health_failures = 0;
         let spec = self.spec.clone();
@@ -509,7 +549,10 @@ impl Actor {
                 "processes of its group survived SIGKILL"
             ),
         }
-        self.context.state_file.set_daemon(&self.spec.name, None).await;
+        self.context
+            .state_file
+            .set_daemon(&self.spec.name, None)
+            .await;
     }
 
     async fn on_exit(&mut self, how: String) {
@@ -532,7 +575,9 @@ impl Actor {
             Timer::Health => {
                 let _ = logs::rotate_if_large(&self.log, logs::MAX_LOG_BYTES);
                 let spec = self.spec.clone();
-                self.probe = Some(tokio::spawn(async move { probe(&spec, PROBE_TIMEOUT).await }));
+                self.probe = Some(tokio::spawn(
+                    async move { probe(&spec, PROBE_TIMEOUT).await },
+                ));
             }
         }
     }
@@ -546,13 +591,18 @@ impl Actor {
                 self.schedule_health();
             }
             (DaemonState::Starting, Err(why)) => {
+                // Not a crash: a daemon that does not answer in time is stopped and left
+                // failed (with its output) until someone starts it again.
                 let error = format!(
-                    "daemon \"{}\" did not become ready within {:?}: {why}; {}",
+                    "daemon \"{}\" did not become ready within {:?}: {why}; {}\nhint: if it is just slow, raise its `startup-timeout` ({})",
                     self.spec.name,
                     self.spec.startup_timeout,
-                    logs::tail_for_message(&self.log, LOG_TAIL_LINES)
+                    logs::tail_for_message(&self.log, LOG_TAIL_LINES),
+                    self.spec.defined_at
                 );
-                self.fail_attempt(error).await;
+                warn!(daemon = %self.spec.name, "{error}");
+                self.stop().await;
+                self.publish(DaemonState::Failed, Some(Some(error)));
             }
             (DaemonState::Ready, Ok(_)) => {
                 self.health_failures = 0;
@@ -605,6 +655,39 @@ impl Actor {
     }
 }
 
+/// A `transport = "stdio"` daemon runs behind `mcpsm stdio-host`, which serves it as
+/// streamable HTTP on the daemon's port; other daemons run as they are.
+fn stdio_host_launch(spec: &DaemonSpec, launch: Launch) -> Result<Launch, process::SpawnError> {
+    if spec.transport != TransportKind::Stdio {
+        return Ok(launch);
+    }
+    // Report a missing server command now, by name, rather than from inside the host.
+    let program = process::find_program(&launch.command, launch.cwd.as_deref())?;
+    let exe = std::env::current_exe().map_err(|cause| process::SpawnError::Spawn {
+        command: "mcpsm stdio-host".to_owned(),
+        cause,
+    })?;
+    let mut args = vec![
+        "stdio-host".to_owned(),
+        "--port".to_owned(),
+        launch.port.to_string(),
+        "--name".to_owned(),
+        spec.name.clone(),
+        "--sharing".to_owned(),
+        spec.sharing.as_str().to_owned(),
+        "--session-idle-timeout".to_owned(),
+        format!("{}ms", spec.session_idle_timeout.as_millis()),
+        "--".to_owned(),
+        program.display().to_string(),
+    ];
+    args.extend(launch.args);
+    Ok(Launch {
+        command: exe.display().to_string(),
+        args,
+        ..launch
+    })
+}
+
 /// Polls `initialize` until the daemon answers or its startup timeout passes.
 async fn wait_ready(spec: DaemonSpec) -> Result<Duration, String> {
     let started = Instant::now();
@@ -625,7 +708,7 @@ async fn wait_ready(spec: DaemonSpec) -> Result<Duration, String> {
 }
 
 /// 0.5 s, 1 s, 2 s, … up to 30 s, each ±25 % so restarts of many daemons spread out.
-fn backoff(failures: u32) -> Duration {
+pub fn backoff(failures: u32) -> Duration {
     let exponential = BACKOFF_BASE.saturating_mul(1 << failures.saturating_sub(1).min(16));
     let capped = exponential.min(BACKOFF_MAX);
     let nanos = SystemTime::now()
@@ -651,7 +734,10 @@ mod tests {
     #[test]
     fn backoff_grows_and_is_capped() {
         let first = backoff(1);
-        assert!(first >= Duration::from_millis(375) && first <= Duration::from_millis(625), "{first:?}");
+        assert!(
+            first >= Duration::from_millis(375) && first <= Duration::from_millis(625),
+            "{first:?}"
+        );
         let tenth = backoff(10);
         assert!(tenth <= BACKOFF_MAX.mul_f64(1.25), "{tenth:?}");
         assert!(backoff(3) > backoff(1));

@@ -22,7 +22,10 @@ pub fn rotate_if_large(path: &Path, max_bytes: u64) -> std::io::Result<bool> {
     let mut rotated = path.as_os_str().to_owned();
     rotated.push(".1");
     std::fs::copy(path, &rotated)?;
-    std::fs::OpenOptions::new().write(true).open(path)?.set_len(0)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_len(0)?;
     Ok(true)
 }
 
@@ -56,11 +59,7 @@ pub fn tail_for_message(path: &Path, lines: usize) -> String {
     if tail.is_empty() {
         return format!("(its log {} is empty)", path.display());
     }
-    format!(
-        "last lines of {}:\n  {}",
-        path.display(),
-        tail.join("\n  ")
-    )
+    format!("last lines of {}:\n  {}", path.display(), tail.join("\n  "))
 }
 
 #[cfg(test)]
@@ -85,6 +84,11 @@ mod tests {
         assert!(!rotate_if_large(&path, 1000).expect("rotate"));
         assert!(rotate_if_large(&path, 10).expect("rotate"));
         assert_eq!(std::fs::metadata(&path).expect("meta").len(), 0);
-        assert_eq!(std::fs::read(dir.path().join("a.log.1")).expect("old").len(), 100);
+        assert_eq!(
+            std::fs::read(dir.path().join("a.log.1"))
+                .expect("old")
+                .len(),
+            100
+        );
     }
 }

@@ -68,7 +68,12 @@ pub struct Manager {
 }
 
 impl Manager {
-    pub fn new(context: Arc<Context>, registry_path: PathBuf, registry_explicit: bool, port: u16) -> Manager {
+    pub fn new(
+        context: Arc<Context>,
+        registry_path: PathBuf,
+        registry_explicit: bool,
+        port: u16,
+    ) -> Manager {
         let info = ManagerInfo {
             pid: std::process::id(),
             port,
@@ -138,6 +143,12 @@ impl Manager {
         }
     }
 
+    /// A proxy reports that it recovered a client session of daemon `name`.
+    pub async fn recovered(&self, name: &str) -> Result<DaemonStatus, ManagerError> {
+        let (handle, _) = self.daemon(name).await?;
+        Ok(handle.recovered().await.with_uptime())
+    }
+
     pub async fn restart(&self, name: &str) -> Result<DaemonStatus, ManagerError> {
         let (handle, spec) = self.daemon(name).await?;
         handle.stop().await;
@@ -157,7 +168,10 @@ impl Manager {
                         continue;
                     }
                     if let Ok(spec) = registry.daemon(name) {
-                        daemons.insert(name.to_owned(), DaemonStatus::new(&spec, &self.context.paths));
+                        daemons.insert(
+                            name.to_owned(),
+                            DaemonStatus::new(&spec, &self.context.paths),
+                        );
                     }
                 }
                 None
@@ -179,15 +193,17 @@ impl Manager {
             .filter(|name| registry.daemon(name).is_ok_and(|s| s.launch.is_some()))
             .map(str::to_owned)
             .collect();
-        let starts = names.iter().map(|name| async move {
-            self.start(name).await.map_err(|e| e.to_string())
-        });
+        let starts = names
+            .iter()
+            .map(|name| async move { self.start(name).await.map_err(|e| e.to_string()) });
         Ok(futures_util::future::join_all(starts).await)
     }
 
     pub async fn stop_all(&self) -> Vec<DaemonStatus> {
         let handles: Vec<DaemonHandle> = self.daemons.lock().await.values().cloned().collect();
-        let stops = handles.iter().map(|handle| async move { handle.stop().await.with_uptime() });
+        let stops = handles
+            .iter()
+            .map(|handle| async move { handle.stop().await.with_uptime() });
         futures_util::future::join_all(stops).await
     }
 
@@ -227,7 +243,10 @@ impl Manager {
             match (spec, answered) {
                 (Some(spec), Ok(_)) => {
                     info!(daemon = %name, pid = record.pid, "adopted from the previous manager");
-                    self.context.state_file.set_daemon(name, Some(record.clone())).await;
+                    self.context
+                        .state_file
+                        .set_daemon(name, Some(record.clone()))
+                        .await;
                     let handle = DaemonHandle::spawn(
                         spec,
                         self.context.clone(),

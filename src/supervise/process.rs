@@ -136,7 +136,9 @@ fn mark_inherited_fds_cloexec() {
     {
         const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
         // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
-        let done = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) } == 0;
+        let done =
+            unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) }
+                == 0;
         if done {
             return;
         }
@@ -165,7 +167,11 @@ pub enum Stopped {
 
 /// SIGTERM to process group `pgid`, up to `grace` for it to empty, then SIGKILL. `child` is
 /// reaped along the way when the group leader is our own child.
-pub async fn stop_group(pgid: u32, mut child: Option<&mut tokio::process::Child>, grace: Duration) -> Stopped {
+pub async fn stop_group(
+    pgid: u32,
+    mut child: Option<&mut tokio::process::Child>,
+    grace: Duration,
+) -> Stopped {
     let pgid = pgid as libc::pid_t;
     let reap = |child: &mut Option<&mut tokio::process::Child>| {
         if let Some(child) = child.as_mut() {
@@ -200,7 +206,7 @@ pub async fn stop_group(pgid: u32, mut child: Option<&mut tokio::process::Child>
     }
 }
 
-/// Live (not zombie) processes whose process group is `pgid`.
+/// Live processes whose process group is `pgid` (see [`is_alive`]).
 pub fn group_members(pgid: libc::pid_t) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -210,8 +216,8 @@ pub fn group_members(pgid: libc::pid_t) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| {
             stat_fields(pid).is_some_and(|f| {
-                f.first().map(String::as_str) != Some("Z")
-                    && f.get(2).and_then(|g| g.parse::<libc::pid_t>().ok()) == Some(pgid)
+                f.get(2).and_then(|g| g.parse::<libc::pid_t>().ok()) == Some(pgid)
+                    && alive_given(pid, &f)
             })
         })
         .collect()
@@ -230,9 +236,37 @@ pub fn start_time(pid: u32) -> Option<u64> {
     stat_fields(pid)?.get(19)?.parse().ok()
 }
 
-/// Whether `pid` is alive and not a zombie.
+/// Whether `pid` is alive: some thread of it has not exited. A dead process that nobody reaps
+/// stays a zombie (`Z`), which is not alive. But the leader of a multi-threaded process (node)
+/// shows `Z` as soon as its own thread has exited, while its other threads are still exiting
+/// and still hold its descriptors, listening socket included; that process is still alive, or
+/// a restart would find its port taken.
 pub fn is_alive(pid: u32) -> bool {
-    stat_fields(pid).is_some_and(|f| f.first().map(String::as_str) != Some("Z"))
+    stat_fields(pid).is_some_and(|f| alive_given(pid, &f))
+}
+
+/// [`is_alive`] with the leader's stat fields already read.
+fn alive_given(pid: u32, leader: &[String]) -> bool {
+    let exited = |fields: &[String]| matches!(fields.first().map(String::as_str), Some("Z" | "X"));
+    if !exited(leader) {
+        return true;
+    }
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    threads.filter_map(Result::ok).any(|thread| {
+        std::fs::read_to_string(thread.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let rest = stat.get(stat.rfind(')')? + 1..)?;
+                Some(
+                    rest.split_whitespace()
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .is_some_and(|fields| !exited(&fields))
+    })
 }
 
 /// The command line of `pid`, space-separated.
@@ -278,7 +312,11 @@ pub fn port_owner(port: u16) -> Option<(u32, String)> {
     let targets: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
     let procs = std::fs::read_dir("/proc").ok()?;
     for entry in procs.filter_map(Result::ok) {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
@@ -300,7 +338,9 @@ pub fn port_owner(port: u16) -> Option<(u32, String)> {
 pub fn describe_port_in_use(port: u16) -> String {
     match port_owner(port) {
         Some((pid, command)) => format!("port {port} is in use by pid {pid} (`{command}`)"),
-        None => format!("port {port} is in use by another process (its owner is not visible to this user)"),
+        None => format!(
+            "port {port} is in use, but no process visible to this user listens on it (another user's process, or a connection still closing)"
+        ),
     }
 }
 
@@ -310,10 +350,17 @@ mod tests {
 
     #[test]
     fn missing_program_names_the_path_searched() {
-        let error = find_in("surely-not-a-program", OsStr::new("/nonexistent/a:/nonexistent/b"), None)
-            .expect_err("missing");
+        let error = find_in(
+            "surely-not-a-program",
+            OsStr::new("/nonexistent/a:/nonexistent/b"),
+            None,
+        )
+        .expect_err("missing");
         let text = error.to_string();
-        assert!(text.contains("surely-not-a-program") && text.contains("/nonexistent/a:/nonexistent/b"), "{text}");
+        assert!(
+            text.contains("surely-not-a-program") && text.contains("/nonexistent/a:/nonexistent/b"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -486,11 +486,7 @@ impl Upstream {
     /// While the daemon is being recovered, messages wait in a bounded queue.
     pub async fn send(self: &Arc<Self>, message: Message) {
         match (message.kind(), message.method()) {
-            (Kind::Response, _) => {
-                if !self.shared.answers_current_session(&message) {
-                    return;
-                }
-            }
+            (Kind::Response, _) if !self.shared.answers_current_session(&message) => return,
             (Kind::Request, Some(method::INITIALIZE)) => {
                 let mut session = Shared::lock(&self.shared.session);
                 *session = ClientSession {

@@ -315,6 +315,8 @@ impl Session {
 
     /// Reads a request's SSE answer, resuming with GET + `Last-Event-ID` when it ends early.
     async fn read_response_stream(&self, awaited: Option<&Id>, response: reqwest::Response) {
+        // Resuming only makes sense in the daemon session the request was sent in.
+        let epoch = self.epoch.load(Ordering::Acquire);
         let max = self.shared.options.max_message_bytes;
         let mut stream = EventStream::new(response, max);
         let mut last_event_id: Option<String> = None;
@@ -355,6 +357,10 @@ impl Session {
             tokio::select! {
                 () = tokio::time::sleep(retry) => {}
                 () = self.shared.shutdown.cancelled() => return,
+            }
+            if self.epoch.load(Ordering::Acquire) != epoch {
+                let why = format!("{how}, and the daemon session it belonged to is gone");
+                return self.shared.fail(id, &Failure::StreamEnded(why)).await;
             }
             debug!(%id, last_event_id = %resume_from, "resuming the response stream");
             let resumed = self
@@ -465,6 +471,7 @@ impl Session {
         let mut last_event_id: Option<String> = None;
         let mut retry = DEFAULT_RETRY;
         let mut failures = 0u32;
+        let mut broken = false;
         loop {
             if self.epoch.load(Ordering::Acquire) != epoch {
                 return; // a newer daemon session has its own stream
@@ -495,10 +502,14 @@ impl Session {
                         Pumped::Cancelled => return,
                         Pumped::Answered => {}
                         Pumped::Ended { delivered, error } => {
-                            if let Some(e) = error {
-                                debug!("GET stream ended: {e}");
-                            }
                             failures = if delivered > 0 { 0 } else { failures + 1 };
+                            if let Some(e) = error {
+                                // Broken, not closed: the daemon may have died. Look at once,
+                                // so a dead daemon is noticed before the next request is sent
+                                // on a connection that no longer leads anywhere.
+                                debug!("GET stream broke: {e}");
+                                broken = true;
+                            }
                         }
                     }
                     if let Some(id) = stream.last_event_id() {
@@ -533,7 +544,9 @@ impl Session {
                 );
                 return;
             }
-            let delay = if failures == 0 {
+            let delay = if std::mem::take(&mut broken) {
+                Duration::ZERO
+            } else if failures == 0 {
                 retry
             } else {
                 retry.max(Duration::from_millis(250 << failures.min(7)))
@@ -582,10 +595,31 @@ fn error_of(reply: &Message) -> Option<(i64, String)> {
     Some((outer.error.code, outer.error.message))
 }
 
+/// What a failed send means for the request. A refused connection never reached the daemon.
+/// Nor did a request answered with a TCP reset before any response: a reset is what the kernel
+/// sends when data arrives for a socket whose process is gone (a daemon killed while this
+/// request went out on a kept-alive connection), whereas a server that read the request and
+/// then died closes the connection normally, and that request may have run.
 pub(crate) fn failure_of(error: &reqwest::Error) -> Failure {
-    if error.is_connect() {
+    if error.is_connect() || was_reset(error) {
         Failure::Unreachable(cause(error))
     } else {
         Failure::StreamEnded(format!("the connection broke ({})", cause(error)))
     }
+}
+
+fn was_reset(error: &reqwest::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
 }

@@ -303,3 +303,43 @@ fn conformance_server(home: &TestHome, url: &str, label: &str) -> BTreeMap<Strin
     );
     results
 }
+
+#[test]
+fn server_memory_as_a_managed_shared_stdio_daemon_serves_two_sessions_with_one_process() {
+    use crate::support::managed::{listen_port, ManagedHome};
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    let registry = format!(
+        "[daemons.memory]\ncommand = \"node\"\nargs = [{:?}]\nenv = {{ MEMORY_FILE_PATH = {:?} }}\nport = {}\ntransport = \"stdio\"\n",
+        memory_js().display().to_string(),
+        file.path().display().to_string(),
+        listen_port()
+    );
+    let home = ManagedHome::new(&registry);
+    let a = python_client(
+        &home.home,
+        &["memory-create", "mcpsm-managed-entity"],
+        &["--target", "memory"],
+    );
+    assert_eq!(a["ok"], true, "{a}");
+    let b = python_client(
+        &home.home,
+        &["memory-read", "mcpsm-managed-entity"],
+        &["--target", "memory"],
+    );
+    assert_eq!(b["ok"], true, "{b}");
+    let servers: Vec<_> = home
+        .processes()
+        .into_iter()
+        .filter(|p| !p.is_mcpsm() && p.command_line().contains("server-memory"))
+        .collect();
+    assert_eq!(
+        servers.len(),
+        1,
+        "one server-memory process for both sessions"
+    );
+    let status = home.run(&["status", "--json"]);
+    let report: Value = serde_json::from_str(&status.stdout).expect("json");
+    let daemon = crate::support::managed::daemon_in(&report, "memory");
+    assert_eq!(daemon["state"], "ready");
+    assert_eq!(daemon["transport"], "stdio");
+}

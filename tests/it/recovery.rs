@@ -295,25 +295,40 @@ fn recovery_gives_up_after_the_reconnect_timeout_with_a_clear_error() {
     );
 }
 
-/// Runs `scenario` (which waits at a checkpoint) through a proxy to server-everything on a
-/// fixed port, restarts the server at the checkpoint, and returns the client's report.
-fn python_session_through_restart(scenario: &str, mode: &str) -> Value {
-    let port = crate::support::free_port();
-    let server = everything_on(mode, port);
-    let home = TestHome::new();
+/// Runs py_client `scenario` (which stops at a checkpoint) through `mcpsm proxy PROXY_ARGS`,
+/// runs `restart` at the checkpoint, and returns the client's report.
+fn python_session_through(
+    home: &TestHome,
+    scenario: &str,
+    proxy_args: &[&str],
+    restart: impl FnOnce(),
+) -> Value {
     let go = home.path().join("go");
     let go_arg = go.display().to_string();
-    let url = server.url.clone();
-    let client = python_client_spawn(&home, &[scenario, &go_arg], &["--url", &url]);
+    let client = python_client_spawn(home, &[scenario, &go_arg], proxy_args);
     let waiting = home.path().join("go.waiting");
     wait_for(DEADLINE, "the client to reach its checkpoint", || {
         waiting.exists()
     });
-    drop(server);
-    let _restarted = everything_on(mode, port);
+    restart();
     std::fs::write(&go, "").expect("write go");
     let output = client.join().expect("client thread");
     client_report(&[scenario], output)
+}
+
+/// The same, through a proxy to server-everything on a fixed port that the test restarts.
+fn python_session_through_restart(scenario: &str, mode: &str) -> Value {
+    let port = crate::support::free_port();
+    let server = everything_on(mode, port);
+    let home = TestHome::new();
+    let url = server.url.clone();
+    let mut restarted = None;
+    let report = python_session_through(&home, scenario, &["--url", &url], || {
+        drop(server);
+        restarted = Some(everything_on(mode, port));
+    });
+    drop(restarted);
+    report
 }
 
 #[test]
@@ -394,5 +409,114 @@ fn eight_sessions_recover_and_every_request_gets_exactly_one_answer() {
             extra.is_empty(),
             "session {n}: unexpected answers {extra:?}"
         );
+    }
+}
+
+mod managed {
+    //! The same through the manager: it restarts the daemon, the proxy asks it to.
+
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::python_session_through;
+    use crate::support::managed::{everything_entry, kill, listen_port, ManagedHome};
+    use crate::support::{call_tool, error_of, wait_for, DEADLINE};
+
+    fn everything_home() -> ManagedHome {
+        ManagedHome::new(&everything_entry(
+            "everything",
+            "streamableHttp",
+            listen_port(),
+        ))
+    }
+
+    #[test]
+    fn a_session_survives_kill_9_of_its_managed_daemon_between_calls() {
+        let home = everything_home();
+        let report = python_session_through(
+            &home.home,
+            "survive-restart",
+            &["--target", "everything"],
+            || {
+                kill(home.daemon_pid("everything"), libc::SIGKILL);
+            },
+        );
+        assert_eq!(report["ok"], true, "{report}");
+        let daemon = home.wait_daemon("everything", DEADLINE, "counting the recovery", |d| {
+            d["sessions_recovered"].as_u64() >= Some(1)
+        });
+        assert!(daemon["last_recovery"].is_u64(), "{daemon}");
+        let status = home.run(&["status"]);
+        assert!(
+            status.stdout.contains("sessions recovered: "),
+            "{}",
+            status.stdout
+        );
+    }
+
+    #[test]
+    fn a_call_in_flight_when_the_managed_daemon_is_killed_fails_and_the_next_works() {
+        let home = everything_home();
+        let report = python_session_through(
+            &home.home,
+            "in-flight-restart",
+            &["--target", "everything"],
+            || {
+                kill(home.daemon_pid("everything"), libc::SIGKILL);
+            },
+        );
+        let result = &report["results"]["in-flight-restart"];
+        assert_eq!(result["long_call"], "error", "{report}");
+    }
+
+    #[test]
+    fn a_session_survives_mcpsm_restart() {
+        let home = everything_home();
+        let report = python_session_through(
+            &home.home,
+            "survive-restart",
+            &["--target", "everything"],
+            || {
+                home.run(&["restart", "everything"]).assert_success();
+            },
+        );
+        assert_eq!(report["ok"], true, "{report}");
+    }
+
+    #[test]
+    fn a_daemon_gone_for_good_gets_an_error_naming_its_log_within_the_reconnect_timeout() {
+        let port = listen_port();
+        let home = ManagedHome::new(&everything_entry("everything", "streamableHttp", port));
+        let mut proxy = crate::support::Proxy::spawn(
+            &home.home,
+            &["--target", "everything", "--reconnect-timeout", "3s"],
+        );
+        proxy.initialize();
+        // The daemon's command disappears, then the daemon dies.
+        home.home.write_registry(&format!(
+            "[manager]\nport = {}\n\n[daemons.everything]\ncommand = \"/nonexistent/mcp-server\"\nport = {port}\n",
+            home.manager_port
+        ));
+        kill(home.daemon_pid("everything"), libc::SIGKILL);
+        wait_for(DEADLINE, "the daemon to fail", || {
+            home.api_status().is_some_and(|s| {
+                crate::support::managed::daemon_in(&s, "everything")["state"] != "ready"
+            })
+        });
+        let started = std::time::Instant::now();
+        proxy.send(&call_tool(7, "echo", json!({"message": "x"})));
+        let (response, _) = proxy.recv_response(&json!(7));
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "answered within the reconnect timeout"
+        );
+        let message = error_of(&response)["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let log = home.log_file("everything").display().to_string();
+        assert!(message.contains(&log), "names the log {log}: {message}");
+        assert!(message.contains("/nonexistent/mcp-server"), "{message}");
     }
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test module uses a different part
 
 pub mod fake;
+pub mod managed;
 pub mod servers;
 
 use std::io::{BufRead, BufReader, Write};
@@ -218,6 +219,19 @@ impl Proxy {
         );
         self.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
         response["result"].clone()
+    }
+
+    /// Everything the proxy writes within `period`.
+    pub fn drain_for(&mut self, period: Duration) -> Vec<Value> {
+        let until = Instant::now() + period;
+        let mut out = Vec::new();
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => out.push(serde_json::from_str(&line).unwrap_or(Value::String(line))),
+                Err(_) => break,
+            }
+        }
+        out
     }
 
     /// Nothing more on stdout for `quiet` (used to prove no duplicate answers).

@@ -16,6 +16,10 @@ pub struct Server {
 }
 
 impl Server {
+    pub fn from_child(child: Child, port: u16, url: String) -> Server {
+        Server { child, port, url }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
