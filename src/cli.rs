@@ -4,11 +4,14 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::clients::{Client, Scope};
 use crate::config::{Sharing, TransportKind};
 use crate::transport::stdio::DEFAULT_MAX_MESSAGE_BYTES;
 
 const EXAMPLES: &str = "\
 Examples:
+  mcpsm import --dry-run                             what moving Claude Code's servers to mcpsm changes
+  mcpsm generate-config --client cursor              point Cursor at every registry daemon
   mcpsm proxy --target memory                        bridge stdio to the registry's daemon `memory`
   mcpsm proxy --url http://127.0.0.1:3001/mcp        bridge stdio to any MCP endpoint
   mcpsm status                                       what runs, since when, and what failed
@@ -111,12 +114,79 @@ Examples:
     )]
     DemoServer(DemoServerArgs),
 
+    /// Point an MCP client at mcpsm: one proxy entry per registry daemon in the client's config
+    #[command(after_help = "\
+Examples:
+  mcpsm generate-config                                  Claude Code, every project (~/.claude.json)
+  mcpsm generate-config --client cursor --dry-run        show the change to ~/.cursor/mcp.json
+  mcpsm generate-config --client vscode --scope project  .vscode/mcp.json in this directory
+
+Each entry runs this binary by its absolute path with `proxy --target NAME`. The file is
+merged, not overwritten (other servers and keys stay), written atomically, and the old
+file is kept as FILE.mcpsm-backup-YYYYMMDDTHHMMSS (`mcpsm import --undo` restores it).")]
+    GenerateConfig(GenerateConfigArgs),
+
+    /// Move a client's MCP servers into the registry and point the client at mcpsm's proxies
+    #[command(after_help = "\
+Examples:
+  mcpsm import --dry-run                  what would change, as diffs; nothing is written
+  mcpsm import                            Claude Code's user-scope servers (~/.claude.json)
+  mcpsm import --client codex             ~/.codex/config.toml
+  mcpsm import --client cursor --undo     put ~/.cursor/mcp.json back as it was
+
+A stdio server becomes a shared `transport = \"stdio\"` daemon, a URL server a `url` daemon;
+entries that already run mcpsm's proxy are left alone, so a second run changes nothing. A
+name the registry already uses for another server gets a new name (NAME-2), shown in the
+summary. Both files are written atomically, each with a timestamped backup.")]
+    Import(ImportArgs),
+
     /// Print a daemon's log ($MCPSM_HOME/logs/NAME.log)
     #[command(after_help = "\
 Examples:
   mcpsm logs memory            the last 50 lines
   mcpsm logs memory -n 200 -f  the last 200, then follow")]
     Logs(LogsArgs),
+}
+
+/// Which client file: shared by `generate-config` and `import`.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The MCP client: claude-code, claude-desktop, cursor, vscode, codex, gemini or windsurf
+    #[arg(long, value_name = "CLIENT", default_value = "claude-code", value_parser = parse_client)]
+    pub client: Client,
+
+    /// user: every project (the default); local: this directory's project, for you only
+    /// (Claude Code); project: the project's own file in this directory
+    #[arg(long, value_name = "SCOPE", default_value = "user", value_parser = parse_scope)]
+    pub scope: Scope,
+
+    /// Print the change as a unified diff and write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateConfigArgs {
+    #[command(flatten)]
+    pub target: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub target: ClientArgs,
+
+    /// Restore the client's file from its newest mcpsm backup instead of importing
+    #[arg(long)]
+    pub undo: bool,
+}
+
+fn parse_client(text: &str) -> Result<Client, String> {
+    text.parse()
+}
+
+fn parse_scope(text: &str) -> Result<Scope, String> {
+    text.parse()
 }
 
 #[derive(Debug, Args)]

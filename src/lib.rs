@@ -21,6 +21,7 @@
 //!   plus stdio framing and SSE decoding.
 //! - [`host`]: the stdio host, which serves a stdio-only MCP server as an HTTP daemon.
 //! - [`supervise`]: the manager's side: daemon processes, their actors, state and API client.
+//! - [`clients`]: MCP clients' config files: where they are, reading servers, writing proxies.
 //! - [`guard`]: DNS-rebinding protection for mcpsm's HTTP servers.
 //! - [`demo`]: the built-in demo MCP server (the default daemon `demo`, tests, benchmarks).
 //! - [`config`]: the TOML daemon registry, its defaults and validation.
@@ -28,6 +29,7 @@
 //! - [`paths`]: where mcpsm keeps its files.
 
 pub mod cli;
+pub mod clients;
 pub mod cmd;
 pub mod config;
 pub mod demo;

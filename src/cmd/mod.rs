@@ -3,7 +3,9 @@
 mod control;
 mod demo;
 mod demo_server;
+mod generate_config;
 mod host;
+mod import;
 mod logs;
 mod manager;
 mod proxy;
@@ -77,6 +79,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Stop(args) => control::run("stop", args, settings).await,
                 Command::Restart(args) => control::run("restart", args, settings).await,
                 Command::Logs(args) => logs::run(args, settings).await,
+                Command::GenerateConfig(args) => generate_config::run(args, settings),
+                Command::Import(args) => import::run(args, settings),
             }
         }
     }

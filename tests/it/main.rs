@@ -3,6 +3,11 @@
 
 mod support;
 
+mod cli;
+mod clients;
 mod faults;
+mod host;
+mod manager;
 mod real;
+mod recovery;
 mod stdio;

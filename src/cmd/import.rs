@@ -1,0 +1,232 @@
+//! `mcpsm import`: a client's own MCP servers become registry daemons, and its entries become
+//! proxies to them; `--undo` puts the client's file back from its newest backup.
+
+use std::process::ExitCode;
+
+use super::generate_config::print;
+use super::Settings;
+use crate::cli::ImportArgs;
+use crate::clients::files::{self, Change, Keep};
+use crate::clients::registry::{daemon_name, Placement, RegistryFile};
+use crate::clients::{ClientFile, Entry, Environment, Location, ProxyCommand, Server};
+use crate::config::Registry;
+
+/// One line of the summary.
+struct Line {
+    verb: &'static str,
+    name: String,
+    detail: String,
+}
+
+pub fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<ExitCode> {
+    let target = args.target;
+    let env = Environment::from_process()?;
+    let location = target.client.location(target.scope, &env)?;
+    if args.undo {
+        return undo(&location, target.dry_run);
+    }
+    let proxy = ProxyCommand::current()?;
+    let mut file = ClientFile::load(&location)?;
+    if !file.exists() {
+        anyhow::bail!(
+            "nothing to import: {} does not exist\n\
+             hint: that is where {} keeps its {} scope servers; `mcpsm generate-config --client {} --scope {}` creates it with proxies to the registry's daemons",
+            location.display(),
+            location.client.title(),
+            location.scope,
+            location.client,
+            location.scope,
+        );
+    }
+    let entries = file.entries(&proxy)?;
+    let registry_display = location.display_other(&settings.registry_path);
+    let mut registry = RegistryFile::load(&settings.registry_path, registry_display.clone())?;
+    let origin = location.describe();
+
+    let mut lines = Vec::new();
+    let mut added: Vec<(String, Server)> = Vec::new();
+    let mut rewrites: Vec<(String, String)> = Vec::new();
+    for (name, entry) in entries {
+        match entry {
+            Entry::Server(server) => match registry.place(&name, &server) {
+                Placement::Existing(daemon) => {
+                    lines.push(Line {
+                        verb: "shared",
+                        name: name.clone(),
+                        detail: format!("the registry's `{daemon}` runs the same server"),
+                    });
+                    rewrites.push((name, daemon));
+                }
+                Placement::New {
+                    name: daemon,
+                    renamed_from,
+                } => {
+                    let port = registry.add(&daemon, &server, &origin);
+                    let what = match port {
+                        Some(port) => format!("stdio daemon on port {port}"),
+                        None => "url daemon".to_owned(),
+                    };
+                    let mut detail = format!("{what}: {}", server.summary());
+                    if let Some(original) = renamed_from {
+                        let base = daemon_name(&original);
+                        let why = if base == daemon {
+                            "a daemon name has only letters, digits, `-`, `_` and `.`".to_owned()
+                        } else {
+                            format!("the registry's `{base}` runs another server")
+                        };
+                        detail = format!("{detail} (`{original}` in the client; {why})");
+                    }
+                    lines.push(Line {
+                        verb: "added",
+                        name: daemon.clone(),
+                        detail,
+                    });
+                    added.push((daemon.clone(), server));
+                    rewrites.push((name, daemon));
+                }
+            },
+            Entry::Proxy {
+                this_binary: true,
+                target,
+            } => {
+                let detail = match target {
+                    Some(t) if registry.contains(&t) || registry_is_default(&registry, &t) => {
+                        format!("already runs mcpsm proxy --target {t}")
+                    }
+                    Some(t) => format!(
+                        "already runs mcpsm proxy --target {t}, but the registry has no `{t}`"
+                    ),
+                    None => "already runs mcpsm proxy".to_owned(),
+                };
+                lines.push(Line {
+                    verb: "kept",
+                    name,
+                    detail,
+                });
+            }
+            Entry::Proxy {
+                this_binary: false, ..
+            } => lines.push(Line {
+                verb: "skipped",
+                name,
+                detail: format!(
+                    "it runs another mcpsm binary than this one ({}); left as is",
+                    proxy.program
+                ),
+            }),
+            Entry::Unsupported(reason) => lines.push(Line {
+                verb: "skipped",
+                name,
+                detail: reason,
+            }),
+        }
+    }
+
+    let mut out = format!("import from {origin}:\n");
+    if lines.is_empty() {
+        out.push_str(&format!(
+            "  (no servers under `{}`)\n",
+            location.servers_key_display()
+        ));
+    }
+    let width = lines.iter().map(|l| l.name.len()).max().unwrap_or(0);
+    for line in &lines {
+        out.push_str(&format!(
+            "  {:9}{:width$}  {}\n",
+            line.verb, line.name, line.detail
+        ));
+    }
+    if rewrites.is_empty() {
+        out.push_str(&format!(
+            "nothing to do: every server in {} that mcpsm can take over already runs through it\n",
+            location.display()
+        ));
+        return print(&out);
+    }
+
+    let (registry_text, warnings) = registry.render_checked(&added)?;
+    for (entry, daemon) in &rewrites {
+        file.set_proxy(entry, daemon, &proxy)?;
+    }
+    let changes = [
+        Change {
+            path: registry.path.clone(),
+            display: registry_display.clone(),
+            before: registry.original.clone().map(String::into_bytes),
+            after: registry_text.into_bytes(),
+        },
+        Change {
+            path: location.path.clone(),
+            display: location.display(),
+            before: file.original.clone(),
+            after: file.render().into_bytes(),
+        },
+    ];
+    for warning in &warnings {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
+    if target.dry_run {
+        for change in changes.iter().filter(|c| !c.is_noop()) {
+            out.push_str(&change.diff());
+        }
+        out.push_str("dry run: nothing written\n");
+        return print(&out);
+    }
+    // The registry first: the client must never point at a daemon that does not exist yet.
+    let written = files::apply(&changes, Keep::Backup)?;
+    for w in &written {
+        match &w.kept {
+            Some(backup) => out.push_str(&format!(
+                "wrote {} (backup: {})\n",
+                location.display_other(&w.path),
+                location.display_other(backup)
+            )),
+            None => out.push_str(&format!("created {}\n", location.display_other(&w.path))),
+        }
+    }
+    if registry.original.is_none() {
+        let defaults: Vec<String> = Registry::embedded().names().map(str::to_owned).collect();
+        out.push_str(&format!(
+            "note: {registry_display} is new, so mcpsm's embedded default daemons ({}) no longer apply\n",
+            defaults.join(", ")
+        ));
+    }
+    out.push_str(&format!(
+        "undo: mcpsm import --client {} --scope {} --undo (restores {}; the registry keeps its new daemons)\n",
+        location.client,
+        location.scope,
+        location.display()
+    ));
+    print(&out)
+}
+
+/// Whether `name` is an embedded default daemon and the registry file does not exist.
+fn registry_is_default(registry: &RegistryFile, name: &str) -> bool {
+    registry.original.is_none() && Registry::embedded().names().any(|n| n == name)
+}
+
+fn undo(location: &Location, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let plan = files::plan_undo(&location.path, &location.display())?;
+    let backup = location.display_other(&plan.backup);
+    if dry_run {
+        let mut out = format!("would restore {} from {backup}\n", location.display());
+        out.push_str(&plan.change.diff());
+        out.push_str("dry run: nothing written\n");
+        return print(&out);
+    }
+    let written = files::undo(&plan)?;
+    let mut out = format!("restored {} from {backup}\n", location.display());
+    if let Some(kept) = written.and_then(|w| w.kept) {
+        out.push_str(&format!(
+            "the text it replaced is in {}\n",
+            location.display_other(&kept)
+        ));
+    }
+    let older = files::backups(&location.path).map_or(0, |b| b.len());
+    if older > 0 {
+        out.push_str(&format!(
+            "{older} older backup(s) left: run --undo again to go further back\n"
+        ));
+    }
+    print(&out)
+}
