@@ -100,6 +100,15 @@ multiplexed onto one server process, with --sharing isolated each gets its own."
     )]
     Demo,
 
+    /// Find what is wrong (registry, ports, daemons, manager, stale state, client configs, logs)
+    /// and say how to fix it
+    #[command(after_help = "\
+Examples:
+  mcpsm doctor           one line per finding (ok / warn / fail) with a hint; exit 1 on a fail
+  mcpsm doctor --fix     also repair stale state, stale locks and the token's permissions
+  mcpsm doctor --json")]
+    Doctor(DoctorArgs),
+
     /// Print a shell completion script
     #[command(after_help = "\
 Examples:
@@ -187,6 +196,17 @@ fn parse_client(text: &str) -> Result<Client, String> {
 
 fn parse_scope(text: &str) -> Result<Scope, String> {
     text.parse()
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print the findings as JSON
+    #[arg(long)]
+    pub json: bool,
+
+    /// Repair what is safe to repair: stale state entries, unheld lock files, token permissions
+    #[arg(long)]
+    pub fix: bool,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 mod control;
 mod demo;
 mod demo_server;
+mod doctor;
 mod generate_config;
 mod host;
 mod import;
@@ -79,6 +80,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Stop(args) => control::run("stop", args, settings).await,
                 Command::Restart(args) => control::run("restart", args, settings).await,
                 Command::Logs(args) => logs::run(args, settings).await,
+                Command::Doctor(args) => doctor::run(args, settings).await,
                 Command::GenerateConfig(args) => generate_config::run(args, settings),
                 Command::Import(args) => import::run(args, settings),
             }

@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod clients;
+mod doctor;
 mod faults;
 mod host;
 mod manager;
