@@ -377,3 +377,109 @@ mod tests {
         assert!(Cli::try_parse_from(["mcpsm", "proxy", "--target", "a"]).is_ok());
     }
 }
+
+#[cfg(test)]
+mod readme {
+    use super::*;
+
+    /// Splits a shell command line on spaces, honouring single and double quotes.
+    fn words(line: &str) -> Vec<String> {
+        let mut words = Vec::new();
+        let mut current = String::new();
+        let mut quote = None;
+        let mut started = false;
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), c) => current.push(c),
+                (None, '\'' | '"') => {
+                    quote = Some(c);
+                    started = true;
+                }
+                (None, ' ') => {
+                    if started || !current.is_empty() {
+                        words.push(std::mem::take(&mut current));
+                    }
+                    started = false;
+                }
+                (None, c) => current.push(c),
+            }
+        }
+        if started || !current.is_empty() {
+            words.push(current);
+        }
+        words
+    }
+
+    /// Every `mcpsm …` command in README.md's code blocks parses (placeholders filled in).
+    #[test]
+    fn readme_commands_parse() {
+        let readme = include_str!("../README.md");
+        let mut in_code = false;
+        let mut checked = 0;
+        for line in readme.lines() {
+            if line.trim_start().starts_with("```") {
+                in_code = !in_code;
+                continue;
+            }
+            let line = line.trim();
+            if !in_code || !line.starts_with("mcpsm ") {
+                continue;
+            }
+            // Drop the trailing explanation and fill in placeholders.
+            let command = line
+                .split("  ")
+                .next()
+                .unwrap_or(line)
+                .split(" > ")
+                .next()
+                .unwrap_or(line);
+            let command = command
+                .replace("[--client C]", "--client cursor")
+                .replace("[--scope user|local|project]", "--scope user")
+                .replace("[--dry-run]", "--dry-run")
+                .replace("[--undo]", "--undo")
+                .replace("[--json]", "--json")
+                .replace("[--fix]", "--fix")
+                .replace("[-n N]", "-n 5")
+                .replace("[-f]", "-f")
+                .replace("[--transport T]", "--transport sse")
+                .replace("[-H 'Name: value']...", "-H 'A: b'")
+                .replace("[--sharing shared|isolated]", "--sharing isolated")
+                .replace("[--name NAME]", "--name n")
+                .replace("[--session-idle-timeout D]", "--session-idle-timeout 5m")
+                .replace("COMMAND ARGS...", "node server.js")
+                .replace("bash|zsh|fish", "bash")
+                .replace("NAME", "memory")
+                .replace("PORT", "3100")
+                .replace("URL", "http://127.0.0.1:3100/mcp");
+            let args = words(&command);
+            match Cli::try_parse_from(&args) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        clap::error::ErrorKind::DisplayHelp
+                            | clap::error::ErrorKind::DisplayVersion
+                    ) => {}
+                Err(e) => panic!("README command `{line}` does not parse: {e}"),
+            }
+            checked += 1;
+        }
+        assert!(checked >= 15, "only {checked} README commands found");
+    }
+
+    #[test]
+    fn the_example_registry_is_valid() {
+        let registry = crate::config::Registry::parse(
+            "examples/daemons.toml",
+            include_str!("../examples/daemons.toml").to_owned(),
+        )
+        .expect("examples/daemons.toml is valid");
+        for name in registry.names() {
+            registry
+                .daemon(name)
+                .expect("every example daemon resolves");
+        }
+    }
+}
