@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::DemoServerArgs;
 use crate::supervise::process;
@@ -18,14 +17,7 @@ pub async fn run(args: DemoServerArgs) -> anyhow::Result<ExitCode> {
     };
     let port = listener.local_addr()?.port();
     eprintln!("mcpsm demo server listening on http://127.0.0.1:{port}/mcp");
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let stop = async move {
-        tokio::select! {
-            _ = sigterm.recv() => {}
-            _ = sigint.recv() => {}
-        }
-    };
+    let stop = super::terminated()?;
     crate::demo::serve(listener, stop)
         .await
         .context("serving")?;

@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::StdioHostArgs;
 use crate::host::hub::ChildCommand;
@@ -34,14 +33,7 @@ pub async fn run(args: StdioHostArgs) -> anyhow::Result<ExitCode> {
         },
         idle_timeout: args.session_idle_timeout,
     };
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let stop = async move {
-        tokio::select! {
-            _ = sigterm.recv() => {}
-            _ = sigint.recv() => {}
-        }
-    };
+    let stop = super::terminated()?;
     host::run(options, listener, stop)
         .await
         .context("serving")?;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
+use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -261,25 +261,8 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// DNS-rebinding protection and authentication, before any handler.
 async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    let headers = request.headers();
-    let host = headers
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !host_is_loopback(host) {
-        return error(
-            StatusCode::FORBIDDEN,
-            format!("Host `{host}` is not a loopback address; the mcpsm manager only answers 127.0.0.1 (DNS rebinding protection)"),
-        );
-    }
-    if let Some(origin) = headers.get(ORIGIN) {
-        let origin = origin.to_str().unwrap_or("");
-        if !origin_is_loopback(origin) {
-            return error(
-                StatusCode::FORBIDDEN,
-                format!("Origin `{origin}` is not allowed"),
-            );
-        }
+    if let Err(why) = crate::guard::check_loopback(request.headers()) {
+        return error(StatusCode::FORBIDDEN, why);
     }
     if request.method() == Method::POST && !authorized(request.headers(), &app.token) {
         return error(
@@ -308,29 +291,6 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
             .zip(token.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
-}
-
-/// `127.0.0.1`, `localhost` or `[::1]`, with or without a port.
-pub fn host_is_loopback(host: &str) -> bool {
-    let host = host.trim();
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        match host.rsplit_once(':') {
-            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
-            _ => host,
-        }
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-fn origin_is_loopback(origin: &str) -> bool {
-    url::Url::parse(origin).is_ok_and(|url| {
-        matches!(url.scheme(), "http" | "https") && crate::transport::http::is_loopback(&url)
-    })
 }
 
 async fn ping(State(app): State<Arc<App>>) -> Response {
@@ -471,37 +431,6 @@ fn load_or_create_token(paths: &Paths) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loopback_hosts() {
-        for host in [
-            "127.0.0.1",
-            "127.0.0.1:3199",
-            "localhost:80",
-            "LOCALHOST",
-            "[::1]:3199",
-            "[::1]",
-        ] {
-            assert!(host_is_loopback(host), "{host}");
-        }
-        for host in [
-            "evil.example.com",
-            "evil.example.com:3199",
-            "10.0.0.1:3199",
-            "",
-            "localhost.evil.com",
-        ] {
-            assert!(!host_is_loopback(host), "{host}");
-        }
-    }
-
-    #[test]
-    fn loopback_origins() {
-        assert!(origin_is_loopback("http://localhost:3000"));
-        assert!(origin_is_loopback("http://127.0.0.1"));
-        assert!(!origin_is_loopback("http://evil.example.com"));
-        assert!(!origin_is_loopback("null"));
-    }
 
     #[test]
     fn bearer_tokens_must_match_exactly() {

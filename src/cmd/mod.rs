@@ -87,3 +87,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+/// Resolves on SIGTERM or SIGINT: how a server process run in the foreground is asked to end.
+fn terminated() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use anyhow::Context as _;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+    })
+}
