@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use url::Url;
 
-use super::http::cause;
 use super::http::{self, EventStream};
 use super::streamable::failure_of;
 use super::{Failure, Shared};
@@ -201,7 +200,6 @@ impl Session {
                     body: http::excerpt(&body),
                 }
             }
-            Err(e) if e.is_connect() => Failure::Unreachable(cause(&e)),
             Err(e) => failure_of(&e),
         };
         self.shared.report(&message, &failure).await;

@@ -98,6 +98,8 @@ pub(crate) enum Failure {
     Protocol(String),
     /// The daemon went away and did not come back (or came back speaking another version).
     Recovery(String),
+    /// TLS could not be set up (an untrusted certificate, say).
+    Tls(String),
 }
 
 impl Failure {
@@ -358,6 +360,11 @@ impl Shared {
                 format!("{label} sent something mcpsm cannot use: {what}"),
                 UPSTREAM_ERROR,
                 failure_hint,
+            ),
+            Failure::Tls(cause) => (
+                format!("mcpsm could not set up TLS with {label}: {cause}"),
+                UPSTREAM_ERROR,
+                "if the server's certificate comes from a private CA, point SSL_CERT_FILE at the CA certificate in the environment mcpsm runs in",
             ),
             Failure::Recovery(why) => (
                 format!("{label} went away and mcpsm could not get it back: {why}"),

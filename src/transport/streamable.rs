@@ -601,25 +601,51 @@ fn error_of(reply: &Message) -> Option<(i64, String)> {
 /// request went out on a kept-alive connection), whereas a server that read the request and
 /// then died closes the connection normally, and that request may have run.
 pub(crate) fn failure_of(error: &reqwest::Error) -> Failure {
-    if error.is_connect() || was_reset(error) {
+    if is_tls(error) {
+        // Waiting will not make a certificate trusted: no recovery for this one.
+        Failure::Tls(cause(error))
+    } else if error.is_connect() || was_reset(error) {
         Failure::Unreachable(cause(error))
     } else {
         Failure::StreamEnded(format!("the connection broke ({})", cause(error)))
     }
 }
 
+fn is_tls(error: &reqwest::Error) -> bool {
+    any_cause(error, |e| e.is::<rustls::Error>())
+}
+
 fn was_reset(error: &reqwest::Error) -> bool {
-    let mut source: Option<&dyn std::error::Error> = Some(error);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if matches!(
+    any_cause(error, |e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
                 io.kind(),
                 std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-            ) {
-                return true;
-            }
+            )
+        })
+    })
+}
+
+/// Whether `test` holds for the error or anything it wraps. An `io::Error` hides the error it
+/// wraps from `source()`, so that one is looked into as well.
+fn any_cause(
+    error: &(dyn std::error::Error + 'static),
+    test: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
+    let mut pending = vec![error];
+    while let Some(e) = pending.pop() {
+        if test(e) {
+            return true;
         }
-        source = e.source();
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            pending.push(inner);
+        }
+        if let Some(source) = e.source() {
+            pending.push(source);
+        }
     }
     false
 }

@@ -190,3 +190,66 @@ fn conformance_client_sse_retry() {
 fn conformance_client_elicitation_defaults() {
     conformance_client("elicitation-sep1034-client-defaults");
 }
+
+/// Remote daemons over HTTPS: rustls with the platform's roots (here a test CA given by
+/// `SSL_CERT_FILE`), and a clear error for a certificate that is not trusted.
+#[test]
+fn https_daemons_work_and_an_untrusted_certificate_is_a_clear_error() {
+    use crate::support::servers::python;
+    let home = TestHome::new();
+    let tls = home.path().join("tls");
+    std::fs::create_dir_all(&tls).expect("mkdir");
+    let made = Command::new(python())
+        .arg(support_dir().join("make_cert.py"))
+        .arg(&tls)
+        .status()
+        .expect("run make_cert.py");
+    assert!(made.success());
+    let port = crate::support::free_port();
+    let mut server = Command::new(python());
+    server
+        .arg(support_dir().join("py_server.py"))
+        .args(["--port", &port.to_string(), "--mode", "json", "--tls-cert"])
+        .arg(tls.join("cert.pem"))
+        .arg("--tls-key")
+        .arg(tls.join("key.pem"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut server, 0);
+    let server = crate::support::servers::Server::from_child(
+        server.spawn().expect("spawn py_server.py"),
+        port,
+        format!("https://localhost:{port}/mcp"),
+    );
+    crate::support::wait_for(
+        crate::support::DEADLINE,
+        "the HTTPS server to listen",
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+
+    let mut trusted = home.mcpsm();
+    trusted
+        .env("SSL_CERT_FILE", tls.join("cert.pem"))
+        .args(["proxy", "--url", &server.url]);
+    let mut proxy = Proxy::spawn_command(trusted);
+    proxy.initialize();
+    proxy.send(&call_tool(1, "echo", json!({"message": "over tls"})));
+    let (answer, _) = proxy.recv_response(&json!(1));
+    assert_eq!(
+        answer["result"]["content"][0]["text"], "Echo: over tls",
+        "{answer}"
+    );
+
+    let mut untrusted = Proxy::spawn(&home, &["--url", &server.url]);
+    untrusted.send(&crate::support::initialize_request(1));
+    let (answer, _) = untrusted.recv_response(&json!(1));
+    let message = crate::support::error_of(&answer)["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.contains("could not set up TLS") && message.contains("SSL_CERT_FILE"),
+        "{message}"
+    );
+}

@@ -11,6 +11,7 @@ Modes (always bound to 127.0.0.1):
     sse         streamable HTTP at /mcp, SSE-framed answers, sessions (Mcp-Session-Id).
     legacy-sse  the old HTTP+SSE transport: GET /sse, POST /messages/?session_id=...
     stdio       newline-delimited JSON-RPC on stdin/stdout (no port)
+With --tls-cert CERT --tls-key KEY the HTTP modes serve HTTPS.
 
 Tools:
     echo(message: str) -> "Echo: <message>"          (same shape as server-everything)
@@ -75,7 +76,13 @@ async def serve(mode: str, port: int, log_level: str) -> None:
     app = mcp.sse_app() if mode == "legacy-sse" else mcp.streamable_http_app()
     path = mcp.settings.sse_path if mode == "legacy-sse" else mcp.settings.streamable_http_path
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level=log_level.lower(), timeout_graceful_shutdown=1
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=1,
+        ssl_certfile=TLS.get("cert"),
+        ssl_keyfile=TLS.get("key"),
     )
     server = uvicorn.Server(config)
 
@@ -83,7 +90,8 @@ async def serve(mode: str, port: int, log_level: str) -> None:
         while not server.started:
             await anyio.sleep(0.02)
         bound = server.servers[0].sockets[0].getsockname()[1]
-        print(f"py_server: listening on http://127.0.0.1:{bound}{path}", file=sys.stderr, flush=True)
+        scheme = "https" if TLS else "http"
+        print(f"py_server: listening on {scheme}://127.0.0.1:{bound}{path}", file=sys.stderr, flush=True)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(announce)
@@ -91,12 +99,19 @@ async def serve(mode: str, port: int, log_level: str) -> None:
         tg.cancel_scope.cancel()
 
 
+TLS: dict[str, str] = {}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(prog="py_server.py", description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--mode", choices=["json", "sse", "legacy-sse", "stdio"], required=True)
     ap.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    ap.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (with --tls-key)")
+    ap.add_argument("--tls-key", help="the certificate's PEM private key")
     ns = ap.parse_args()
+    if ns.tls_cert and ns.tls_key:
+        TLS.update(cert=ns.tls_cert, key=ns.tls_key)
     if ns.mode == "stdio":
         build(ns.mode, 0, ns.log_level).run(transport="stdio")
         return 0
