@@ -50,6 +50,7 @@ impl ManagerClient {
         crate::transport::http::install_crypto_provider();
         let http = reqwest::Client::builder()
             .no_proxy()
+            .tls_certs_only([])
             .connect_timeout(Duration::from_secs(2))
             .build()
             .unwrap_or_default();

@@ -691,7 +691,7 @@ fn stdio_host_launch(spec: &DaemonSpec, launch: Launch) -> Result<Launch, proces
 /// Polls `initialize` until the daemon answers or its startup timeout passes.
 async fn wait_ready(spec: DaemonSpec) -> Result<Duration, String> {
     let started = Instant::now();
-    let mut pause = Duration::from_millis(50);
+    let mut pause = Duration::from_millis(20);
     loop {
         let left = spec.startup_timeout.saturating_sub(started.elapsed());
         if left.is_zero() {
@@ -703,7 +703,8 @@ async fn wait_ready(spec: DaemonSpec) -> Result<Duration, String> {
             Err(_) => {}
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
+        // Refused connections cost nothing: look often, so a daemon is used once it is up.
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 
