@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The benchmark, from one command:
+#
+#   bash bench/run.sh                 install the pinned peers, build release, measure everything,
+#                                     write BENCHMARKS.md and bench/results.json (a few minutes)
+#   bash bench/run.sh --smoke         mcpsm only, demo upstream, a few dozen calls, stdout only
+#   bash bench/run.sh -- ARGS...      pass ARGS to the harness instead of the defaults, e.g.
+#                                     bash bench/run.sh -- --contenders direct,mcpsm --calls 5000
+#
+# The harness is examples/bench.rs (`target/release/examples/bench --help` lists its options).
+# Benchmarks are not tests: nothing here asserts on timings; the harness fails only when calls
+# fail. Run it on a quiet machine if you can: it measures microseconds on 2 cores.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+smoke=0
+harness=()
+if [ "${1:-}" = "--smoke" ]; then
+  smoke=1
+  shift
+fi
+if [ "${1:-}" = "--" ]; then
+  shift
+  harness=("$@")
+elif [ "$#" -gt 0 ]; then
+  echo "usage: bash bench/run.sh [--smoke] [-- HARNESS-ARGS...]" >&2
+  exit 2
+fi
+
+if [ "$smoke" = 1 ]; then
+  cargo build --release --quiet --bin mcpsm --example bench
+  exec target/release/examples/bench --smoke
+fi
+
+bash bench/setup.sh
+echo "bench/run.sh: cargo build --release"
+cargo build --release --quiet --bin mcpsm --example bench
+if [ "${#harness[@]}" = 0 ]; then
+  harness=(--markdown BENCHMARKS.md --json bench/results.json)
+fi
+exec target/release/examples/bench --reproduce "bash bench/run.sh${*:+ -- $*}" "${harness[@]}"
