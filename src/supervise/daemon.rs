@@ -691,7 +691,7 @@ fn stdio_host_launch(spec: &DaemonSpec, launch: Launch) -> Result<Launch, proces
 /// Polls `initialize` until the daemon answers or its startup timeout passes.
 async fn wait_ready(spec: DaemonSpec) -> Result<Duration, String> {
     let started = Instant::now();
-    let mut pause = Duration::from_millis(20);
+    let mut pause = Duration::from_millis(2);
     loop {
         let left = spec.startup_timeout.saturating_sub(started.elapsed());
         if left.is_zero() {

@@ -78,7 +78,8 @@ pub enum BodyError {
 
 /// Reads a whole body, refusing more than `limit` bytes.
 pub async fn read_body(response: reqwest::Response, limit: usize) -> Result<Bytes, BodyError> {
-    if response.content_length().is_some_and(|n| n > limit as u64) {
+    let length = response.content_length();
+    if length.is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge { limit });
     }
     let mut stream = response.bytes_stream();
@@ -94,6 +95,9 @@ pub async fn read_body(response: reqwest::Response, limit: usize) -> Result<Byte
             None => first = Some(chunk),
             Some(head) => {
                 if rest.is_empty() {
+                    // Sized once when the length is known: no doubling copies of big bodies.
+                    let expected = length.map_or(0, |n| n as usize);
+                    rest.reserve(expected.max(head.len() + chunk.len()));
                     rest.extend_from_slice(head);
                 }
                 rest.extend_from_slice(&chunk);
