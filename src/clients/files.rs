@@ -47,6 +47,20 @@ pub struct Written {
     pub kept: Option<PathBuf>,
 }
 
+impl Written {
+    /// `wrote FILE (backup: FILE.mcpsm-backup-…)` or `created FILE`, one line.
+    pub fn summary(&self, location: &super::Location) -> String {
+        match &self.kept {
+            Some(backup) => format!(
+                "wrote {} (backup: {})\n",
+                location.display_other(&self.path),
+                location.display_other(backup)
+            ),
+            None => format!("created {}\n", location.display_other(&self.path)),
+        }
+    }
+}
+
 impl Change {
     pub fn is_noop(&self) -> bool {
         self.before.as_deref() == Some(self.after.as_slice())

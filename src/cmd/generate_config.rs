@@ -64,14 +64,7 @@ pub fn run(args: GenerateConfigArgs, settings: Settings) -> anyhow::Result<ExitC
     }
     let written = files::apply(std::slice::from_ref(&change), Keep::Backup)?;
     for w in &written {
-        match &w.kept {
-            Some(backup) => out.push_str(&format!(
-                "wrote {} (backup: {})\n",
-                location.display_other(&w.path),
-                location.display_other(backup)
-            )),
-            None => out.push_str(&format!("created {}\n", location.display_other(&w.path))),
-        }
+        out.push_str(&w.summary(&location));
     }
     out.push_str(&format!(
         "{} reads the file when it starts: restart it (or start a new session) to use the proxies\n",

@@ -175,14 +175,7 @@ pub fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<ExitCode> {
     // The registry first: the client must never point at a daemon that does not exist yet.
     let written = files::apply(&changes, Keep::Backup)?;
     for w in &written {
-        match &w.kept {
-            Some(backup) => out.push_str(&format!(
-                "wrote {} (backup: {})\n",
-                location.display_other(&w.path),
-                location.display_other(backup)
-            )),
-            None => out.push_str(&format!("created {}\n", location.display_other(&w.path))),
-        }
+        out.push_str(&w.summary(&location));
     }
     if registry.original.is_none() {
         let defaults: Vec<String> = Registry::embedded().names().map(str::to_owned).collect();
