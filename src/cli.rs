@@ -228,7 +228,8 @@ pub struct StdioHostArgs {
     #[arg(long)]
     pub port: u16,
 
-    /// shared: one server process for every session; isolated: one per session
+    /// shared: one server process for every session; per-project: one per client working
+    /// directory; isolated: one per session
     #[arg(long, default_value = "shared", value_parser = parse_sharing)]
     pub sharing: Sharing,
 
@@ -250,13 +251,9 @@ pub struct StdioHostArgs {
 }
 
 fn parse_sharing(text: &str) -> Result<Sharing, String> {
-    match text {
-        "shared" => Ok(Sharing::Shared),
-        "isolated" => Ok(Sharing::Isolated),
-        other => Err(format!(
-            "unknown sharing `{other}`; expected shared or isolated"
-        )),
-    }
+    Sharing::parse(text).ok_or_else(|| {
+        format!("unknown sharing `{text}`; expected shared, per-project or isolated")
+    })
 }
 
 #[derive(Debug, Args)]

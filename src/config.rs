@@ -21,6 +21,10 @@ pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How long a stdio host keeps a session whose proxy went away, for a reconnect.
+pub const DEFAULT_SESSION_GRACE: Duration = Duration::from_secs(30);
+/// How many server processes a non-shared stdio daemon may run at once.
+pub const DEFAULT_MAX_SESSIONS: usize = 32;
 
 /// The registry used when `daemons.toml` does not exist.
 pub const EMBEDDED_DEFAULTS: &str = include_str!("defaults.toml");
@@ -46,6 +50,8 @@ pub enum TransportKind {
 pub enum Sharing {
     /// One process for every session.
     Shared,
+    /// One process per client working directory, started in that directory.
+    PerProject,
     /// One process per session (for servers that keep per-client state).
     Isolated,
 }
@@ -54,7 +60,17 @@ impl Sharing {
     pub fn as_str(self) -> &'static str {
         match self {
             Sharing::Shared => "shared",
+            Sharing::PerProject => "per-project",
             Sharing::Isolated => "isolated",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Sharing> {
+        match text {
+            "shared" => Some(Sharing::Shared),
+            "per-project" => Some(Sharing::PerProject),
+            "isolated" => Some(Sharing::Isolated),
+            _ => None,
         }
     }
 }
@@ -158,6 +174,8 @@ struct RawDaemon {
     health_interval: Option<Spanned<DurationValue>>,
     sharing: Option<Spanned<Sharing>>,
     session_idle_timeout: Option<Spanned<DurationValue>>,
+    session_grace: Option<Spanned<DurationValue>>,
+    max_sessions: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -203,6 +221,10 @@ pub struct DaemonSpec {
     pub sharing: Sharing,
     /// For `transport = "stdio"`: sessions with no request for this long are forgotten.
     pub session_idle_timeout: Duration,
+    /// For `transport = "stdio"`: a session whose proxy went away ends after this long.
+    pub session_grace: Duration,
+    /// For `transport = "stdio"`: the most server processes at once (per-project, isolated).
+    pub max_sessions: usize,
     /// `file:line` of the daemon's table, for messages.
     pub defined_at: String,
 }
@@ -346,6 +368,11 @@ impl Registry {
         let health_interval = duration(&body.health_interval, DEFAULT_HEALTH_INTERVAL)?;
         let session_idle_timeout =
             duration(&body.session_idle_timeout, DEFAULT_SESSION_IDLE_TIMEOUT)?;
+        let session_grace = duration(&body.session_grace, DEFAULT_SESSION_GRACE)?;
+        let max_sessions = body
+            .max_sessions
+            .as_ref()
+            .map_or(DEFAULT_MAX_SESSIONS, |m| *m.get_ref());
         let sharing = body
             .sharing
             .as_ref()
@@ -426,6 +453,8 @@ impl Registry {
             health_interval,
             sharing,
             session_idle_timeout,
+            session_grace,
+            max_sessions,
             defined_at: format!(
                 "{}:{}",
                 self.file,
@@ -496,7 +525,12 @@ fn validate_daemon(
             let stdio_only = [
                 ("sharing", body.sharing.as_ref().map(Spanned::span)),
                 ("session-idle-timeout", body.session_idle_timeout.as_ref().map(Spanned::span)),
+                ("session-grace", body.session_grace.as_ref().map(Spanned::span)),
+                ("max-sessions", body.max_sessions.as_ref().map(Spanned::span)),
             ];
+            if let Some(max) = body.max_sessions.as_ref().filter(|m| *m.get_ref() == 0) {
+                return Err(located(max.span(), "`max-sessions` must be at least 1".into(), None));
+            }
             if let (false, Some((key, Some(span)))) =
                 (stdio, stdio_only.into_iter().find(|(_, s)| s.is_some()))
             {
