@@ -241,6 +241,18 @@ pub struct StdioHostArgs {
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
     pub session_idle_timeout: std::time::Duration,
 
+    /// A session whose proxy is gone (its GET stream closed) ends after this long
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub session_grace: std::time::Duration,
+
+    /// The most server processes at once (per-project and isolated sharing)
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_MAX_SESSIONS)]
+    pub max_sessions: usize,
+
+    /// How often the server process is pinged (three unanswered pings restart it); 0 = never
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub health_interval: std::time::Duration,
+
     /// The largest message accepted in either direction, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
@@ -442,7 +454,10 @@ mod readme {
                 .replace("[-f]", "-f")
                 .replace("[--transport T]", "--transport sse")
                 .replace("[-H 'Name: value']...", "-H 'A: b'")
-                .replace("[--sharing shared|isolated]", "--sharing isolated")
+                .replace(
+                    "[--sharing shared|per-project|isolated]",
+                    "--sharing per-project",
+                )
                 .replace("[--name NAME]", "--name n")
                 .replace("[--session-idle-timeout D]", "--session-idle-timeout 5m")
                 .replace("COMMAND ARGS...", "node server.js")

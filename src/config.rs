@@ -227,12 +227,20 @@ pub struct DaemonSpec {
     pub max_sessions: usize,
     /// `file:line` of the daemon's table, for messages.
     pub defined_at: String,
+    /// For a stdio daemon the manager runs: the secret its host wants on every request
+    /// (see `supervise::secret`); sent as `Authorization: Bearer`.
+    pub host_secret: Option<String>,
 }
 
 impl DaemonSpec {
     /// The registry's `headers`, validated when the spec was resolved.
     pub fn header_map(&self) -> reqwest::header::HeaderMap {
         let mut map = reqwest::header::HeaderMap::new();
+        if let Some(secret) = &self.host_secret {
+            if let Ok(value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {secret}")) {
+                map.insert(reqwest::header::AUTHORIZATION, value);
+            }
+        }
         for (key, value) in &self.headers {
             if let (Ok(name), Ok(value)) = (
                 reqwest::header::HeaderName::from_bytes(key.as_bytes()),
@@ -460,6 +468,7 @@ impl Registry {
                 self.file,
                 line_of(&self.source, daemon.span().start)
             ),
+            host_secret: None,
         })
     }
 }

@@ -50,6 +50,23 @@ pub fn origin_is_loopback(origin: &str) -> bool {
     })
 }
 
+/// Whether `headers` carry `Authorization: Bearer <secret>`, compared in constant time.
+pub fn bearer_matches(headers: &HeaderMap, secret: &str) -> bool {
+    let Some(given) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.len() == secret.len()
+        && given
+            .bytes()
+            .zip(secret.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +100,18 @@ mod tests {
         assert!(origin_is_loopback("http://127.0.0.1"));
         assert!(!origin_is_loopback("http://evil.example.com"));
         assert!(!origin_is_loopback("null"));
+    }
+
+    #[test]
+    fn bearer_tokens_must_match_exactly() {
+        let mut headers = HeaderMap::new();
+        assert!(!bearer_matches(&headers, "abc"));
+        headers.insert(
+            axum::http::header::AUTHORIZATION,
+            "Bearer abc".parse().expect("header"),
+        );
+        assert!(bearer_matches(&headers, "abc"));
+        assert!(!bearer_matches(&headers, "abd"));
+        assert!(!bearer_matches(&headers, "abcd"));
     }
 }

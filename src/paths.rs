@@ -36,6 +36,11 @@ impl Paths {
         })
     }
 
+    /// Everything under `home`.
+    pub fn new(home: PathBuf) -> Paths {
+        Paths { home }
+    }
+
     pub fn home(&self) -> &Path {
         &self.home
     }

@@ -143,10 +143,16 @@ pub async fn run(args: DoctorArgs, settings: Settings) -> anyhow::Result<ExitCod
         .as_ref()
         .map_or(crate::config::DEFAULT_MANAGER_PORT, |r| r.manager_port());
     let report = check_manager(&settings, port, &mut findings).await;
+    let token = crate::supervise::secret::read_token(&settings.paths.manager_token());
     if let Some(registry) = &registry {
         for name in registry.names() {
             match registry.daemon(name) {
-                Ok(spec) => check_daemon(&spec, report.as_ref(), &mut findings).await,
+                Ok(mut spec) => {
+                    if let Some(token) = &token {
+                        crate::supervise::secret::authorize(&mut spec, token);
+                    }
+                    check_daemon(&spec, report.as_ref(), &mut findings).await
+                }
                 Err(e) => {
                     let text = e.to_string();
                     let (message, hint) = split_hint(&text);

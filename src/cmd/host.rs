@@ -1,12 +1,13 @@
 //! `mcpsm stdio-host`: serves a stdio-only MCP server as a streamable-HTTP daemon. The manager
-//! runs it for `transport = "stdio"` daemons; see [`crate::host`].
+//! runs it for `transport = "stdio"` daemons (giving it a secret in `MCPSM_HOST_SECRET`, which
+//! every request must then carry); see [`crate::host`].
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 
 use crate::cli::StdioHostArgs;
-use crate::host::hub::ChildCommand;
+use crate::host::hub::{ChildCommand, SECRET_ENV};
 use crate::host::{self, HostOptions};
 use crate::supervise::process;
 
@@ -30,8 +31,14 @@ pub async fn run(args: StdioHostArgs) -> anyhow::Result<ExitCode> {
             args: rest.to_vec(),
             name: args.name.unwrap_or_else(|| command.clone()),
             max_message_bytes: args.max_message_bytes,
+            cwd: None,
+            health_interval: args.health_interval,
         },
         idle_timeout: args.session_idle_timeout,
+        grace: args.session_grace,
+        max_children: args.max_sessions.max(1),
+        // Set by the manager for the daemons it runs; by hand, no secret is checked.
+        secret: std::env::var(SECRET_ENV).ok().filter(|s| !s.is_empty()),
     };
     let stop = super::terminated()?;
     host::run(options, listener, stop)

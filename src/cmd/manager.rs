@@ -8,7 +8,6 @@
 //! `Host` that is not loopback or an `Origin` from elsewhere (DNS rebinding), 401 to a
 //! mutating request without the token, 413 to a body over 16 KiB.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,8 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::header::AUTHORIZATION;
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -166,7 +164,12 @@ async fn serve(settings: Settings, port: u16) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     };
-    let token = load_or_create_token(&paths)?;
+    let token = crate::supervise::secret::load_or_create_token(&paths).with_context(|| {
+        format!(
+            "making the manager token {}",
+            paths.manager_token().display()
+        )
+    })?;
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
         Ok(listener) => listener,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
@@ -190,6 +193,7 @@ async fn serve(settings: Settings, port: u16) -> anyhow::Result<ExitCode> {
     let context = Arc::new(Context {
         paths: paths.clone(),
         state_file: state_file.clone(),
+        token: token.clone(),
     });
     let manager = Manager::new(
         context,
@@ -265,7 +269,9 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
     if let Err(why) = crate::guard::check_loopback(request.headers()) {
         return error(StatusCode::FORBIDDEN, why);
     }
-    if request.method() == Method::POST && !authorized(request.headers(), &app.token) {
+    if request.method() == Method::POST
+        && !crate::guard::bearer_matches(request.headers(), &app.token)
+    {
         return error(
             StatusCode::UNAUTHORIZED,
             format!(
@@ -275,23 +281,6 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         );
     }
     next.run(request).await
-}
-
-fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(given) = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    // Constant-time comparison: the token must not leak through timing.
-    given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
 }
 
 async fn ping(State(app): State<Arc<App>>) -> Response {
@@ -400,46 +389,4 @@ async fn shutdown(State(app): State<Arc<App>>) -> Response {
     warn!("shutdown requested through the API on port {}", app.port);
     app.exit.cancel();
     Json(json!({ "stopped": stopped })).into_response()
-}
-
-/// The API secret: 32 hex characters from /dev/urandom in a 0600 file, made on first start.
-fn load_or_create_token(paths: &Paths) -> anyhow::Result<String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = paths.manager_token();
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        if existing.trim().len() >= 32 {
-            return Ok(existing.trim().to_owned());
-        }
-    }
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading /dev/urandom for the manager token")?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let temp = path.with_extension("token.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&temp)
-        .with_context(|| format!("creating {}", temp.display()))?;
-    std::io::Write::write_all(&mut file, token.as_bytes())?;
-    std::fs::rename(&temp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(token)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bearer_tokens_must_match_exactly() {
-        let mut headers = HeaderMap::new();
-        assert!(!authorized(&headers, "abc"));
-        headers.insert(AUTHORIZATION, "Bearer abc".parse().expect("header"));
-        assert!(authorized(&headers, "abc"));
-        assert!(!authorized(&headers, "abd"));
-        assert!(!authorized(&headers, "abcd"));
-    }
 }

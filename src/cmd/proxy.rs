@@ -25,10 +25,11 @@ use tracing::{debug, error, warn};
 use url::Url;
 
 use crate::cli::ProxyArgs;
-use crate::config::{Registry, TransportKind};
+use crate::config::{Registry, Sharing, TransportKind};
 use crate::jsonrpc::{Kind, Message, PARSE_ERROR, UPSTREAM_ERROR};
 use crate::paths::Paths;
 use crate::supervise::client::{connect_or_start, ClientError, ManagerClient};
+use crate::supervise::secret;
 use crate::transport::stdio::{Line, LineReader};
 use crate::transport::{EnsureFn, Hooks, Options, Upstream};
 
@@ -166,8 +167,29 @@ fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<(Optio
                 None => (Paths::from_env()?.default_registry(), false),
             };
             let registry = Registry::load(&path, explicit)?;
-            let daemon = registry.daemon(name)?;
+            let mut daemon = registry.daemon(name)?;
+            if daemon.transport == TransportKind::Stdio && daemon.launch.is_some() {
+                // The host wants its secret, and, per project, the client's directory.
+                let paths = Paths::from_env()?;
+                let token = secret::load_or_create_token(&paths).with_context(|| {
+                    format!(
+                        "reading the manager token {}",
+                        paths.manager_token().display()
+                    )
+                })?;
+                secret::authorize(&mut daemon, &token);
+            }
             headers = daemon.header_map();
+            if daemon.sharing == Sharing::PerProject && daemon.launch.is_some() {
+                if let Some(cwd) = std::env::current_dir().ok().and_then(|cwd| {
+                    let text: String =
+                        url::form_urlencoded::byte_serialize(cwd.as_os_str().as_encoded_bytes())
+                            .collect();
+                    HeaderValue::from_str(&text).ok()
+                }) {
+                    headers.insert(crate::host::CWD_HEADER, cwd);
+                }
+            }
             let label = format!("daemon \"{name}\" ({})", daemon.url);
             let paths = Paths::from_env()?;
             let log = paths.daemon_log(name);

@@ -10,6 +10,12 @@
 //!
 //! The hub restarts its child when it exits (with backoff), re-initializes it with the cached
 //! `initialize`, and answers the requests that were in flight with errors; sessions stay valid.
+//! It also pings the child every health interval: a child that leaves three pings in a row
+//! unanswered is hung, and is killed and restarted the same way. Each new session's
+//! `initialize` pings it too, so a probe of the host is a probe of the server.
+//!
+//! What each session is told at `initialize`, and which session a server request may go to,
+//! follows [`super::negotiate`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -27,7 +33,11 @@ use tokio_util::codec::{FramedRead, LinesCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::negotiate::{self, Compatibility};
 use crate::jsonrpc::{method, Kind, Message, UPSTREAM_ERROR};
+
+/// The variable that carries the host's secret; never passed on to the server.
+pub const SECRET_ENV: &str = "MCPSM_HOST_SECRET";
 
 pub type SessionId = Arc<str>;
 
@@ -40,6 +50,12 @@ const BACKLOG_LIMIT: usize = 256;
 const READY_WAIT: Duration = Duration::from_secs(30);
 const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(60);
 const HEALTHY_PERIOD: Duration = Duration::from_secs(30);
+/// How long the child may take to answer a ping.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// Unanswered pings in a row that make a child hung.
+const HEALTH_FAILURES: u32 = 3;
+/// How long a stopping child may take to exit on end of input before it is killed.
+const STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// The program the hub runs.
 #[derive(Debug, Clone)]
@@ -49,21 +65,56 @@ pub struct ChildCommand {
     /// Names the daemon in messages.
     pub name: String,
     pub max_message_bytes: usize,
+    /// The child's working directory (`None`: the host's own).
+    pub cwd: Option<PathBuf>,
+    /// How often the child is pinged; zero turns it off.
+    pub health_interval: Duration,
+}
+
+/// What a session said about itself at `initialize`, and the revision it was given.
+#[derive(Debug, Clone, Default)]
+pub struct SessionInfo {
+    pub version: String,
+    pub capabilities: Value,
+    pub client: String,
+}
+
+impl SessionInfo {
+    /// Reads an `initialize` request; `version` is filled in when it is answered.
+    pub fn of_initialize(request: &Value) -> SessionInfo {
+        let params = &request["params"];
+        SessionInfo {
+            version: String::new(),
+            capabilities: params
+                .get("capabilities")
+                .cloned()
+                .unwrap_or_else(|| json!({})),
+            client: params["clientInfo"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
 }
 
 /// One HTTP session as the hub sees it.
 pub struct Session {
     pub id: SessionId,
+    pub info: SessionInfo,
     get: Mutex<Option<Sink>>,
+    /// When the session's GET stream was seen closed (its proxy may be gone).
+    gone_since: Mutex<Option<Instant>>,
     backlog: Mutex<VecDeque<Bytes>>,
     last_active: Mutex<Instant>,
 }
 
 impl Session {
-    pub fn new(id: SessionId) -> Arc<Session> {
+    pub fn new(id: SessionId, info: SessionInfo) -> Arc<Session> {
         Arc::new(Session {
             id,
+            info,
             get: Mutex::new(None),
+            gone_since: Mutex::new(None),
             backlog: Mutex::new(VecDeque::new()),
             last_active: Mutex::new(Instant::now()),
         })
@@ -81,6 +132,25 @@ impl Session {
         lock(&self.get).as_ref().is_some_and(|tx| !tx.is_closed())
     }
 
+    /// How long ago the session's GET stream was found closed: its proxy is gone unless it
+    /// comes back. `None` while the stream is open, or when none was ever opened.
+    pub fn gone_for(&self) -> Option<Duration> {
+        let get = lock(&self.get);
+        let mut gone = lock(&self.gone_since);
+        match get.as_ref() {
+            Some(tx) if tx.is_closed() => Some(gone.get_or_insert_with(Instant::now).elapsed()),
+            _ => {
+                *gone = None;
+                None
+            }
+        }
+    }
+
+    /// Ends the GET stream (the host is stopping).
+    pub fn close_stream(&self) {
+        *lock(&self.get) = None;
+    }
+
     /// Opens the GET stream: `None` when one is open already (409).
     pub fn open_get_stream(&self) -> Option<mpsc::Receiver<Bytes>> {
         let mut get = lock(&self.get);
@@ -92,6 +162,7 @@ impl Session {
             let _ = tx.try_send(message);
         }
         *get = Some(tx);
+        *lock(&self.gone_since) = None;
         Some(rx)
     }
 
@@ -161,7 +232,7 @@ struct Routes {
 
 #[derive(Default)]
 struct Init {
-    /// The first session's `initialize` request and the child's result.
+    /// The child's `initialize` request (built from the first session's) and its result.
     request: Option<Message>,
     result: Option<Value>,
     initialized_sent: bool,
@@ -169,6 +240,12 @@ struct Init {
 
 pub struct Hub {
     command: ChildCommand,
+    compatibility: Compatibility,
+    /// The running child's pid.
+    pid: Mutex<Option<u32>>,
+    /// Kills the running child (it is hung); the supervisor restarts it.
+    kill: tokio::sync::Notify,
+    health: Mutex<Health>,
     stdin: Mutex<Option<mpsc::Sender<Bytes>>>,
     routes: Mutex<Routes>,
     sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
@@ -179,6 +256,17 @@ pub struct Hub {
     ready: watch::Sender<bool>,
     next_id: AtomicU64,
     stop: CancellationToken,
+    /// Cancelled once the child is gone for good after a shutdown.
+    done: CancellationToken,
+}
+
+/// The child's answers to the hub's pings.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    pub failures: u32,
+    pub last_ping: Option<Duration>,
+    pub last_error: Option<String>,
+    pub hung_restarts: u32,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -187,10 +275,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Hub {
     /// Starts the child and keeps it running until [`Hub::shutdown`].
-    pub fn start(command: ChildCommand) -> Arc<Hub> {
+    pub fn start(command: ChildCommand, compatibility: Compatibility) -> Arc<Hub> {
         let (ready, _) = watch::channel(false);
         let hub = Arc::new(Hub {
             command,
+            compatibility,
+            pid: Mutex::new(None),
+            kill: tokio::sync::Notify::new(),
+            health: Mutex::new(Health::default()),
             stdin: Mutex::new(None),
             routes: Mutex::new(Routes::default()),
             sessions: Mutex::new(HashMap::new()),
@@ -199,14 +291,116 @@ impl Hub {
             ready,
             next_id: AtomicU64::new(1),
             stop: CancellationToken::new(),
+            done: CancellationToken::new(),
         });
         let running = hub.clone();
-        tokio::spawn(async move { running.supervise().await });
+        tokio::spawn(async move {
+            let done = running.done.clone();
+            running.supervise().await;
+            done.cancel();
+        });
+        if !hub.command.health_interval.is_zero() {
+            let watched = hub.clone();
+            tokio::spawn(async move { watched.watch_health().await });
+        }
         hub
+    }
+
+    pub fn command(&self) -> &ChildCommand {
+        &self.command
+    }
+
+    pub fn compatibility(&self) -> &Compatibility {
+        &self.compatibility
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        *lock(&self.pid)
+    }
+
+    pub fn health(&self) -> Health {
+        lock(&self.health).clone()
+    }
+
+    /// The revision the child negotiated, once it is initialized.
+    pub fn child_version(&self) -> Option<String> {
+        lock(&self.init)
+            .result
+            .as_ref()
+            .and_then(|r| r["protocolVersion"].as_str().map(str::to_owned))
+    }
+
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        lock(&self.sessions).values().cloned().collect()
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Pings the child every health interval; three unanswered pings in a row mean it is
+    /// hung: it is killed, and restarted like a child that exited.
+    async fn watch_health(self: Arc<Self>) {
+        let interval = self.command.health_interval;
+        let limit = interval.clamp(Duration::from_millis(100), PING_TIMEOUT);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = self.stop.cancelled() => return,
+            }
+            if !*self.ready.borrow() || lock(&self.init).result.is_none() {
+                continue;
+            }
+            let outcome = self.ping(limit).await;
+            let hung = {
+                let mut health = lock(&self.health);
+                match outcome {
+                    Ok(latency) => {
+                        health.failures = 0;
+                        health.last_ping = Some(latency);
+                        health.last_error = None;
+                        false
+                    }
+                    Err(why) => {
+                        health.failures += 1;
+                        warn!(daemon = %self.command.name, "health ping {}/{HEALTH_FAILURES} failed: {why}", health.failures);
+                        health.last_error = Some(why);
+                        if health.failures >= HEALTH_FAILURES {
+                            health.failures = 0;
+                            health.hung_restarts += 1;
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                }
+            };
+            if hung {
+                warn!(daemon = %self.command.name, "the MCP server process left {HEALTH_FAILURES} pings in a row unanswered: it is hung; killing it");
+                self.kill.notify_one();
+            }
+        }
+    }
+
+    /// A round trip to the child: `ping`, answered within `limit`. Any answer counts, an
+    /// error too (a server without `ping` is still alive).
+    pub async fn ping(&self, limit: Duration) -> Result<Duration, String> {
+        let started = Instant::now();
+        let ping = Message::parse(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":0,"method":"ping"}"#,
+        ))
+        .map_err(|e| e.to_string())?;
+        self.call(ping, limit).await?;
+        Ok(started.elapsed())
     }
 
     pub fn shutdown(&self) {
         self.stop.cancel();
+    }
+
+    /// Waits (up to `limit`) until a shut-down hub's child is gone.
+    pub async fn stopped(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.done.cancelled()).await;
     }
 
     pub fn attach(&self, session: Arc<Session>) {
@@ -256,33 +450,59 @@ impl Hub {
         lock(&self.sessions).len()
     }
 
-    /// Answers `initialize` for a session: the first goes to the child, later ones get the
-    /// cached result under their own id.
-    pub async fn initialize(&self, request: &Message) -> Bytes {
-        let _first = self.initializing.lock().await;
-        if let Some(result) = &lock(&self.init).result {
-            return response_bytes(request, result);
+    /// Answers `initialize` for a session as the server would answer it alone: the first
+    /// initializes the child (see [`negotiate::child_initialize`]), later ones first check
+    /// that the child answers a ping. Returns the answer and the revision given, or an error
+    /// answer.
+    pub async fn initialize(&self, request: &Message) -> Result<(Bytes, String), Bytes> {
+        let id = request.id().map(|i| i.as_json()).unwrap_or("null");
+        let value: Value = serde_json::from_slice(request.bytes()).unwrap_or_default();
+        let requested = value["params"]["protocolVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let answer = |child_result: &Value| {
+            let child = child_result["protocolVersion"].as_str().unwrap_or_default();
+            let version = negotiate::session_version(&requested, child).to_owned();
+            let result = negotiate::session_result(child_result, &version);
+            (response_bytes(request, &result), version)
+        };
+        let first = self.initializing.lock().await;
+        let cached = lock(&self.init).result.clone();
+        if let Some(child_result) = cached {
+            drop(first);
+            self.wait_ready()
+                .await
+                .map_err(|why| error_bytes(Some(id), &why))?;
+            self.ping(PING_TIMEOUT).await.map_err(|why| {
+                error_bytes(
+                    Some(id),
+                    &format!("{why}; the server may be hung (mcpsm restarts it after {HEALTH_FAILURES} failed health pings)"),
+                )
+            })?;
+            return Ok(answer(&child_result));
         }
-        if let Err(why) = self.wait_ready().await {
-            return error_bytes(request.id().map(|i| i.as_json()), &why);
-        }
-        match self.call(request.clone()).await {
-            Ok(answer) => {
-                let value: Value = serde_json::from_slice(answer.bytes()).unwrap_or_default();
-                match value.get("result") {
-                    Some(result) if result.get("protocolVersion").is_some() => {
-                        let mut init = lock(&self.init);
-                        init.request = Some(request.clone());
-                        init.result = Some(result.clone());
-                        response_bytes(request, result)
-                    }
-                    _ => with_id(
-                        answer.bytes(),
-                        request.id().map(|i| i.as_json()).unwrap_or("null"),
-                    ),
-                }
+        self.wait_ready()
+            .await
+            .map_err(|why| error_bytes(Some(id), &why))?;
+        let child_request = negotiate::child_initialize(&value, &self.compatibility);
+        let child_request =
+            Message::parse(Bytes::from(child_request.to_string())).map_err(|e| {
+                error_bytes(Some(id), &format!("mcpsm could not read this request: {e}"))
+            })?;
+        let reply = self
+            .call(child_request.clone(), INITIALIZE_TIMEOUT)
+            .await
+            .map_err(|why| error_bytes(Some(id), &why))?;
+        let reply: Value = serde_json::from_slice(reply.bytes()).unwrap_or_default();
+        match reply.get("result") {
+            Some(result) if result.get("protocolVersion").is_some() => {
+                let mut init = lock(&self.init);
+                init.request = Some(child_request);
+                init.result = Some(result.clone());
+                Ok(answer(result))
             }
-            Err(why) => error_bytes(request.id().map(|i| i.as_json()), &why),
+            _ => Err(with_id(reply.to_string().as_bytes(), id)),
         }
     }
 
@@ -341,14 +561,32 @@ impl Hub {
         }
     }
 
+    /// Answers a server request on the child's behalf.
+    async fn answer_child(&self, line: String) {
+        self.write(Bytes::from(line)).await;
+    }
+
     /// A request from a session; its answer (and whatever relates to it) goes to `reply`.
     pub async fn request(&self, session: &SessionId, message: Message, reply: Sink) {
         let id_json = message
             .id()
             .map(|i| i.as_json().to_owned())
             .unwrap_or_else(|| "null".into());
-        match message.method() {
-            Some("ping") => {
+        if let Some(method @ ("resources/subscribe" | "resources/unsubscribe")) = message.method() {
+            let uri = message.peek_params().uri.unwrap_or_default();
+            let subscribe = method == "resources/subscribe";
+            let forward = {
+                let mut routes = lock(&self.routes);
+                let sessions = routes.subscriptions.entry(uri.clone()).or_default();
+                let forward = if subscribe {
+                    sessions.insert(session.clone()) && sessions.len() == 1
+                } else {
+                    sessions.remove(session) && sessions.is_empty()
+                };
+                routes.subscriptions.retain(|_, s| !s.is_empty());
+                forward
+            };
+            if !forward {
                 let _ = reply
                     .send(Bytes::from(format!(
                         r#"{{"jsonrpc":"2.0","id":{id_json},"result":{{}}}}"#
@@ -356,30 +594,6 @@ impl Hub {
                     .await;
                 return;
             }
-            Some("resources/subscribe" | "resources/unsubscribe") => {
-                let uri = message.peek_params().uri.unwrap_or_default();
-                let subscribe = message.method() == Some("resources/subscribe");
-                let forward = {
-                    let mut routes = lock(&self.routes);
-                    let sessions = routes.subscriptions.entry(uri.clone()).or_default();
-                    let forward = if subscribe {
-                        sessions.insert(session.clone()) && sessions.len() == 1
-                    } else {
-                        sessions.remove(session) && sessions.is_empty()
-                    };
-                    routes.subscriptions.retain(|_, s| !s.is_empty());
-                    forward
-                };
-                if !forward {
-                    let _ = reply
-                        .send(Bytes::from(format!(
-                            r#"{{"jsonrpc":"2.0","id":{id_json},"result":{{}}}}"#
-                        )))
-                        .await;
-                    return;
-                }
-            }
-            _ => {}
         }
         if let Err(why) = self.wait_ready().await {
             let _ = reply.send(error_bytes(Some(&id_json), &why)).await;
@@ -416,8 +630,8 @@ impl Hub {
         self.write(bytes).await;
     }
 
-    /// The hub's own request to the child; waits for the answer.
-    async fn call(&self, message: Message) -> Result<Message, String> {
+    /// The hub's own request to the child; waits for the answer up to `limit`.
+    async fn call(&self, message: Message, limit: Duration) -> Result<Message, String> {
         let upstream = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (bytes, _) = rewrite_request(&message, upstream).ok_or("unreadable request")?;
         let (tx, rx) = oneshot::channel();
@@ -434,7 +648,7 @@ impl Hub {
             },
         );
         self.write(bytes).await;
-        match tokio::time::timeout(INITIALIZE_TIMEOUT, rx).await {
+        match tokio::time::timeout(limit, rx).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(_)) => Err(format!(
                 "the MCP server of daemon \"{}\" exited before answering",
@@ -443,8 +657,9 @@ impl Hub {
             Err(_) => {
                 lock(&self.routes).requests.remove(&upstream);
                 Err(format!(
-                    "the MCP server of daemon \"{}\" did not answer within {INITIALIZE_TIMEOUT:?}",
-                    self.command.name
+                    "the MCP server of daemon \"{}\" did not answer `{}` within {limit:?}",
+                    self.command.name,
+                    message.method().unwrap_or("a request")
                 ))
             }
         }
@@ -510,14 +725,21 @@ impl Hub {
     }
 
     async fn run_child(self: &Arc<Self>) -> std::io::Result<String> {
-        let mut child = tokio::process::Command::new(&self.command.program)
+        let mut command = tokio::process::Command::new(&self.command.program);
+        command
             .args(&self.command.args)
+            .env_remove(SECRET_ENV)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()?;
-        info!(daemon = %self.command.name, pid = child.id().unwrap_or_default(), "MCP server process started");
+            .kill_on_drop(true);
+        if let Some(cwd) = &self.command.cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command.spawn()?;
+        let pid = child.id();
+        *lock(&self.pid) = pid;
+        info!(daemon = %self.command.name, pid = pid.unwrap_or_default(), cwd = ?self.command.cwd, "MCP server process started");
         let mut stdin = child
             .stdin
             .take()
@@ -565,7 +787,7 @@ impl Hub {
             Some(request) => {
                 let hub = self.clone();
                 tokio::spawn(async move {
-                    match hub.call(request).await {
+                    match hub.call(request, INITIALIZE_TIMEOUT).await {
                         Ok(_) => {
                             let initialized =
                                 json!({"jsonrpc": "2.0", "method": method::INITIALIZED});
@@ -581,10 +803,25 @@ impl Hub {
         let status = tokio::select! {
             status = child.wait() => status?,
             () = self.stop.cancelled() => {
+                // Stopping: end of input first (most servers exit on it), then SIGKILL.
+                *lock(&self.stdin) = None;
+                writer.abort();
+                match tokio::time::timeout(STOP_WAIT, child.wait()).await {
+                    Ok(status) => status?,
+                    Err(_) => {
+                        kill_tree(pid);
+                        let _ = child.kill().await;
+                        child.wait().await?
+                    }
+                }
+            }
+            () = self.kill.notified() => {
+                kill_tree(pid);
                 let _ = child.kill().await;
                 child.wait().await?
             }
         };
+        *lock(&self.pid) = None;
         writer.abort();
         let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
         Ok(status.to_string())
@@ -619,7 +856,7 @@ impl Hub {
         };
         match message.kind() {
             Kind::Response => self.route_response(message),
-            Kind::Request => self.route_server_request(message),
+            Kind::Request => self.route_server_request(message).await,
             Kind::Notification => self.route_notification(message),
         }
     }
@@ -653,17 +890,27 @@ impl Hub {
         sessions
     }
 
-    fn route_server_request(&self, message: Message) {
+    /// A server→client request goes to a session that declared what it needs: the session
+    /// with a request in flight (most recently active first: the likely cause), else, when
+    /// no request is in flight, the most recently active session. It rides the POST stream of
+    /// that session's request when there is one. With no session able, the child gets the
+    /// answer a client without the capability gives.
+    async fn route_server_request(&self, message: Message) {
         let Some(id) = message.id().map(|i| i.as_json().to_owned()) else {
             return;
         };
-        // The session with a request in flight (most recently active first), else the most
-        // recently active one; the message rides that request's stream when there is one.
+        let method = message.method().unwrap_or_default().to_owned();
+        let params = {
+            let value: Value = serde_json::from_slice(message.bytes()).unwrap_or_default();
+            value.get("params").cloned().unwrap_or(Value::Null)
+        };
+        let able =
+            |session: &Session| negotiate::can_answer(&session.info.capabilities, &method, &params);
         let (target, stream) = {
             let routes = lock(&self.routes);
-            let mut best: Option<(Arc<Session>, Sink)> = None;
-            for session in self.sessions_by_activity() {
-                let stream = routes
+            let sessions = self.sessions_by_activity();
+            let stream_of = |session: &Session| {
+                routes
                     .requests
                     .values()
                     .find_map(|r| match (&r.session, &r.reply) {
@@ -671,19 +918,24 @@ impl Hub {
                             Some(tx.clone())
                         }
                         _ => None,
-                    });
-                if let Some(stream) = stream {
-                    best = Some((session, stream));
-                    break;
+                    })
+            };
+            let busy: Vec<(Arc<Session>, Sink)> = sessions
+                .iter()
+                .filter_map(|s| stream_of(s).map(|tx| (s.clone(), tx)))
+                .collect();
+            if busy.is_empty() {
+                (sessions.into_iter().find(|s| able(s)), None)
+            } else {
+                match busy.into_iter().find(|(s, _)| able(s)) {
+                    Some((session, stream)) => (Some(session), Some(stream)),
+                    None => (None, None),
                 }
-            }
-            match best {
-                Some((session, stream)) => (Some(session), Some(stream)),
-                None => (self.sessions_by_activity().into_iter().next(), None),
             }
         };
         let Some(session) = target else {
-            return warn!(daemon = %self.command.name, "a server request with no session to ask; dropped");
+            debug!(daemon = %self.command.name, %method, "no session can answer this server request; answered as a client without the capability would");
+            return self.answer_child(negotiate::not_supported(&id)).await;
         };
         lock(&self.routes)
             .server_requests
@@ -745,6 +997,18 @@ impl Hub {
         };
         for session in targets {
             session.push(message.bytes().clone());
+        }
+    }
+}
+
+/// Kills `pid` and every process below it (a server started through `npx` or `sh` has its
+/// real process as a grandchild, which would otherwise be left running, or stopped).
+fn kill_tree(pid: Option<u32>) {
+    let Some(pid) = pid else { return };
+    for member in crate::supervise::process::process_tree(pid) {
+        if let Ok(target) = i32::try_from(member) {
+            // SAFETY: kill(2) on a process of the tree this hub started.
+            unsafe { libc::kill(target, libc::SIGKILL) };
         }
     }
 }

@@ -6,24 +6,35 @@
 //! is adopted by the next manager, and stopping its process group stops the server with it.
 //! (Running it inside the manager would tie every stdio server's life to the manager's.)
 //!
-//! Every HTTP session gets its own `Mcp-Session-Id`. With `sharing = "shared"` all sessions
-//! are multiplexed onto one child process by a [`hub::Hub`]: the first `initialize` goes to
-//! the child, later sessions get the cached InitializeResult under their own id, request ids
-//! and progress tokens are rewritten so sessions never collide, and each message goes only to
-//! the session it belongs to. With `sharing = "isolated"` each session gets a child (and hub)
-//! of its own, for stateful servers such as browser automation.
+//! Every HTTP session gets its own `Mcp-Session-Id` and is served by one server process (a
+//! child, run by a [`hub::Hub`]) chosen by the sharing mode:
+//! - `shared`: one child for every session whose protocol revision can be bridged (see
+//!   [`negotiate`]); a revision mcpsm does not know gets a child of its own.
+//! - `per-project`: one child per client working directory (the proxy sends it in the
+//!   `Mcpsm-Client-Cwd` header), started in that directory.
+//! - `isolated`: one child per session.
 //!
-//! Request answers come as SSE on the POST (so server→client requests can ride the same
-//! stream), other server messages on the session's GET stream (kept in a bounded backlog
-//! while none is open), notifications and responses get 202, `ping` is answered here, DELETE
-//! ends a session and idle sessions expire. The front binds 127.0.0.1 only, refuses a
-//! non-loopback `Host` or a foreign `Origin` with 403, and bounds request bodies.
+//! Request ids and progress tokens are rewritten so sessions never collide, and each message
+//! goes only to the session it belongs to. Request answers come as SSE on the POST (so
+//! server→client requests can ride the same stream), other server messages on the session's
+//! GET stream (kept in a bounded backlog while none is open), notifications and responses get
+//! 202, DELETE ends a session. A session also ends when its proxy is gone (its GET stream
+//! closed for `session-grace`) or it is idle for `session-idle-timeout`; a child no session
+//! uses any more (per-project, isolated, unknown revisions) is stopped then. At most
+//! `max-sessions` children run at once.
+//!
+//! The front binds 127.0.0.1 only, refuses a non-loopback `Host` or a foreign `Origin` with
+//! 403, bounds request bodies, and, when the manager gave it a secret, answers 401 to any
+//! request without it. `GET /mcpsm/status` reports which children serve which sessions. On
+//! SIGTERM it ends every stream and stops its children at once.
 
 pub mod hub;
+pub mod negotiate;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -31,14 +42,22 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::jsonrpc::{method, Kind, Message};
-use hub::{ChildCommand, Hub, Session, SessionId};
+use hub::{ChildCommand, Hub, Session, SessionId, SessionInfo};
+use negotiate::Compatibility;
 
 const SESSION_HEADER: &str = "mcp-session-id";
+/// The client's working directory, percent-encoded, sent by `mcpsm proxy` (per-project).
+pub const CWD_HEADER: &str = "mcpsm-client-cwd";
+/// Which children serve which sessions.
+pub const STATUS_PATH: &str = "/mcpsm/status";
+/// How long a stopping host waits for its connections to end.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 pub use crate::config::Sharing;
 
@@ -49,39 +68,109 @@ pub struct HostOptions {
     pub command: ChildCommand,
     /// Sessions with no request for this long are forgotten.
     pub idle_timeout: Duration,
+    /// A session whose GET stream closed (its proxy is gone) ends after this long.
+    pub grace: Duration,
+    /// The most children at once.
+    pub max_children: usize,
+    /// Requests must carry `Authorization: Bearer <secret>` when set.
+    pub secret: Option<String>,
+}
+
+/// Which sessions one child serves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct GroupKey {
+    cwd: Option<PathBuf>,
+    compatibility: Compatibility,
 }
 
 struct Attached {
     session: Arc<Session>,
     hub: Arc<Hub>,
+    /// `None` for an isolated session's own child.
+    group: Option<GroupKey>,
 }
 
 struct Front {
     options: HostOptions,
-    shared: Option<Arc<Hub>>,
+    groups: Mutex<HashMap<GroupKey, Arc<Hub>>>,
     sessions: Mutex<HashMap<SessionId, Arc<Attached>>>,
+    /// Serializes the choice (and start) of a session's child.
+    choosing: tokio::sync::Mutex<()>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Front {
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Arc<Attached>>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.sessions)
+    }
+
+    fn groups(&self) -> std::sync::MutexGuard<'_, HashMap<GroupKey, Arc<Hub>>> {
+        lock(&self.groups)
+    }
+
+    /// Every child: the groups' and the isolated sessions'.
+    fn hubs(&self) -> Vec<Arc<Hub>> {
+        let mut hubs: Vec<Arc<Hub>> = self.groups().values().cloned().collect();
+        hubs.extend(
+            self.sessions()
+                .values()
+                .filter(|a| a.group.is_none())
+                .map(|a| a.hub.clone()),
+        );
+        hubs
+    }
+
+    fn start_hub(&self, cwd: Option<PathBuf>, compatibility: Compatibility) -> Arc<Hub> {
+        let mut command = self.options.command.clone();
+        if cwd.is_some() {
+            command.cwd = cwd;
+        }
+        Hub::start(command, compatibility)
+    }
+
+    /// The group of the default child of a shared host, kept for the host's whole life.
+    fn is_main(&self, key: &GroupKey) -> bool {
+        self.options.sharing == Sharing::Shared
+            && key.cwd.is_none()
+            && key.compatibility == Compatibility::Bridged
+    }
+
+    /// Stops every child and ends every stream.
+    fn close_all(&self) {
+        for attached in self.sessions().values() {
+            attached.session.close_stream();
+        }
+        for hub in self.hubs() {
+            hub.shutdown();
+        }
     }
 }
 
-/// Serves until `stop` resolves, then stops every child.
+/// Serves until `stop` resolves, then ends every stream and stops every child.
 pub async fn run(
     options: HostOptions,
     listener: tokio::net::TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let shared = (options.sharing == Sharing::Shared).then(|| Hub::start(options.command.clone()));
     let body_limit = options.command.max_message_bytes;
     let front = Arc::new(Front {
         options,
-        shared,
+        groups: Mutex::new(HashMap::new()),
         sessions: Mutex::new(HashMap::new()),
+        choosing: tokio::sync::Mutex::new(()),
     });
-    let reaper = tokio::spawn(reap_idle_sessions(front.clone()));
+    if front.options.sharing == Sharing::Shared {
+        let key = GroupKey {
+            cwd: None,
+            compatibility: Compatibility::Bridged,
+        };
+        let hub = front.start_hub(None, Compatibility::Bridged);
+        front.groups().insert(key, hub);
+    }
+    let reaper = tokio::spawn(reap(front.clone()));
     let router = Router::new()
         .route(
             "/mcp",
@@ -89,31 +178,87 @@ pub async fn run(
                 .get(get_mcp)
                 .delete(delete_mcp),
         )
+        .route(STATUS_PATH, axum::routing::get(get_status))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            front.clone(),
+            authorize,
+        ))
         .layer(axum::middleware::from_fn(loopback_only))
         .with_state(front.clone());
     info!(
         daemon = %front.options.command.name,
+        sharing = front.options.sharing.as_str(),
         "stdio host listening on 127.0.0.1:{}",
         front.options.port
     );
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(stop)
-        .await;
+    let stopping = CancellationToken::new();
+    let stopper = {
+        let front = front.clone();
+        let stopping = stopping.clone();
+        tokio::spawn(async move {
+            stop.await;
+            info!("stopping: ending every stream and stopping the MCP server processes");
+            front.close_all();
+            stopping.cancel();
+        })
+    };
+    let serve =
+        axum::serve(listener, router).with_graceful_shutdown(stopping.clone().cancelled_owned());
+    let served = tokio::select! {
+        served = serve => served,
+        // Connections that outlive their streams do not hold the stop up.
+        () = async { stopping.cancelled().await; tokio::time::sleep(STOP_GRACE).await } => Ok(()),
+    };
+    stopper.abort();
     reaper.abort();
-    if let Some(hub) = &front.shared {
-        hub.shutdown();
-    }
-    for attached in front.sessions().values() {
-        attached.hub.shutdown();
+    front.close_all();
+    for hub in front.hubs() {
+        hub.stopped(STOP_GRACE).await;
     }
     served
+}
+
+/// The report of the host on `port` (`GET /mcpsm/status`), when it answers within a second.
+pub async fn fetch_status(port: u16, secret: &str) -> Option<Value> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .ok()?;
+    let response = client
+        .get(format!("http://127.0.0.1:{port}{STATUS_PATH}"))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    serde_json::from_slice(&response.bytes().await.ok()?).ok()
 }
 
 /// 403 for a `Host` that is not loopback or an `Origin` from elsewhere (DNS rebinding).
 async fn loopback_only(request: Request, next: Next) -> Response {
     if let Err(why) = crate::guard::check_loopback(request.headers()) {
         return jsonrpc_error(StatusCode::FORBIDDEN, -32000, &why);
+    }
+    next.run(request).await
+}
+
+/// 401 without the host's secret, when it has one.
+async fn authorize(State(front): State<Arc<Front>>, request: Request, next: Next) -> Response {
+    if let Some(secret) = &front.options.secret {
+        if !crate::guard::bearer_matches(request.headers(), secret) {
+            return jsonrpc_error(
+                StatusCode::UNAUTHORIZED,
+                -32001,
+                &format!(
+                    "Unauthorized: daemon \"{}\" is run by mcpsm and answers only its proxies; connect with `mcpsm proxy --target {}`",
+                    front.options.command.name, front.options.command.name
+                ),
+            );
+        }
     }
     next.run(request).await
 }
@@ -200,7 +345,7 @@ async fn post_mcp(State(front): State<Arc<Front>>, headers: HeaderMap, body: Byt
         .iter()
         .find(|m| m.is_request() && m.method() == Some(method::INITIALIZE))
     {
-        return initialize_session(&front, initialize).await;
+        return initialize_session(&front, &headers, initialize).await;
     }
     let attached = match session_of(&front, &headers) {
         Ok(attached) => attached,
@@ -230,37 +375,149 @@ async fn post_mcp(State(front): State<Arc<Front>>, headers: HeaderMap, body: Byt
     sse_response(rx)
 }
 
-async fn initialize_session(front: &Arc<Front>, initialize: &Message) -> Response {
-    let id: SessionId = Arc::from(new_session_id());
-    let hub = match &front.shared {
-        Some(hub) => hub.clone(),
-        None => Hub::start(front.options.command.clone()),
+/// The client's working directory from the proxy's header, when it sent a usable one.
+fn client_cwd(headers: &HeaderMap) -> Result<Option<PathBuf>, String> {
+    let Some(value) = headers.get(CWD_HEADER) else {
+        return Ok(None);
     };
-    let answer = hub.initialize(initialize).await;
-    let value: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
-    if value.get("result").is_none() {
-        if front.shared.is_none() {
-            hub.shutdown();
-        }
-        return (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            answer,
-        )
-            .into_response();
+    // Percent-encoded as one form value: `&` and `=` are escaped, so it parses as one key.
+    let text = url::form_urlencoded::parse(value.as_bytes())
+        .next()
+        .map(|(key, _)| key.into_owned())
+        .unwrap_or_default();
+    let path = PathBuf::from(text);
+    if !path.is_absolute() || !path.is_dir() {
+        return Err(format!(
+            "the client's working directory {} is not a directory",
+            path.display()
+        ));
     }
-    let session = Session::new(id.clone());
-    hub.attach(session.clone());
-    front
-        .sessions()
-        .insert(id.clone(), Arc::new(Attached { session, hub }));
-    debug!(session = %id, "new session");
-    let mut response = (
+    Ok(Some(path))
+}
+
+/// The child a new session is served by: found, or started.
+fn choose_child(
+    front: &Front,
+    cwd: Option<PathBuf>,
+    compatibility: Compatibility,
+) -> Result<(Arc<Hub>, Option<GroupKey>, bool), String> {
+    let key = match front.options.sharing {
+        Sharing::Isolated => None,
+        Sharing::Shared => Some(GroupKey {
+            cwd: None,
+            compatibility: compatibility.clone(),
+        }),
+        Sharing::PerProject => {
+            if cwd.is_none() {
+                // No directory (mcpsm's own probe, a client run by hand): any running child.
+                let groups = front.groups();
+                let any = groups
+                    .iter()
+                    .filter(|(k, _)| k.compatibility == compatibility)
+                    .max_by_key(|(_, hub)| hub.session_count())
+                    .map(|(k, hub)| (hub.clone(), Some(k.clone()), false));
+                if let Some(found) = any {
+                    return Ok(found);
+                }
+            }
+            Some(GroupKey {
+                cwd,
+                compatibility: compatibility.clone(),
+            })
+        }
+    };
+    if let Some(key) = &key {
+        if let Some(hub) = front.groups().get(key) {
+            return Ok((hub.clone(), Some(key.clone()), false));
+        }
+    }
+    let running = front.hubs().len();
+    let max = front.options.max_children;
+    if running >= max {
+        return Err(format!(
+            "daemon \"{}\" already runs {running} server processes, its `max-sessions` ({max}); end a client session, or raise `max-sessions` in the registry",
+            front.options.command.name
+        ));
+    }
+    let (cwd, compatibility) = match &key {
+        Some(key) => (key.cwd.clone(), key.compatibility.clone()),
+        None => (None, compatibility),
+    };
+    let hub = front.start_hub(cwd, compatibility);
+    if let Some(key) = &key {
+        front.groups().insert(key.clone(), hub.clone());
+    }
+    Ok((hub, key, true))
+}
+
+fn json_answer(answer: Bytes) -> Response {
+    (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
         answer,
     )
-        .into_response();
+        .into_response()
+}
+
+async fn initialize_session(
+    front: &Arc<Front>,
+    headers: &HeaderMap,
+    initialize: &Message,
+) -> Response {
+    let request: Value = serde_json::from_slice(initialize.bytes()).unwrap_or_default();
+    let refuse = |why: &str| {
+        let id = initialize.id().map_or("null", |i| i.as_json());
+        json_answer(Bytes::from(format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{},"message":{}}}}}"#,
+            crate::jsonrpc::UPSTREAM_ERROR,
+            Value::String(why.to_owned())
+        )))
+    };
+    let requested = request["params"]["protocolVersion"]
+        .as_str()
+        .unwrap_or_default();
+    let compatibility = Compatibility::of(requested);
+    let cwd = match client_cwd(headers) {
+        Ok(cwd) if front.options.sharing == Sharing::PerProject => cwd,
+        Ok(_) => None,
+        Err(why) if front.options.sharing == Sharing::PerProject => return refuse(&why),
+        Err(_) => None,
+    };
+    let chosen = {
+        let _one_at_a_time = front.choosing.lock().await;
+        choose_child(front, cwd, compatibility)
+    };
+    let (hub, group, started) = match chosen {
+        Ok(chosen) => chosen,
+        Err(why) => return refuse(&why),
+    };
+    let (answer, version) = match hub.initialize(initialize).await {
+        Ok(answered) => answered,
+        Err(answer) => {
+            if started && hub.session_count() == 0 {
+                hub.shutdown();
+                if let Some(key) = &group {
+                    front.groups().remove(key);
+                }
+            }
+            return json_answer(answer);
+        }
+    };
+    let id: SessionId = Arc::from(new_session_id());
+    let mut info = SessionInfo::of_initialize(&request);
+    info.version = version;
+    let session = Session::new(id.clone(), info);
+    hub.attach(session.clone());
+    front.sessions().insert(
+        id.clone(),
+        Arc::new(Attached {
+            session,
+            hub,
+            group,
+        }),
+    );
+    debug!(session = %id, "new session");
+    let mut response = json_answer(answer);
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(SESSION_HEADER, value);
     }
@@ -295,28 +552,116 @@ async fn delete_mcp(State(front): State<Arc<Front>>, headers: HeaderMap) -> Resp
 async fn end_session(front: &Front, attached: &Attached) {
     front.sessions().remove(&attached.session.id);
     attached.hub.detach(&attached.session.id).await;
-    if front.shared.is_none() {
+    if attached.group.is_none() {
         attached.hub.shutdown();
     }
     debug!(session = %attached.session.id, "session ended");
 }
 
-async fn reap_idle_sessions(front: Arc<Front>) {
-    let period =
-        (front.options.idle_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+/// Ends sessions whose proxy is gone or that are idle, and stops the children no session
+/// uses any more.
+async fn reap(front: Arc<Front>) {
+    let period = (front.options.idle_timeout.min(front.options.grace) / 4)
+        .clamp(Duration::from_millis(200), Duration::from_secs(60));
+    let mut unused_since: HashMap<GroupKey, Instant> = HashMap::new();
     loop {
         tokio::time::sleep(period).await;
-        let idle: Vec<Arc<Attached>> = front
+        let ended: Vec<(Arc<Attached>, &str)> = front
             .sessions()
             .values()
-            .filter(|a| {
-                a.session.idle_for() >= front.options.idle_timeout && !a.session.has_get_stream()
+            .filter_map(|a| {
+                if a.session
+                    .gone_for()
+                    .is_some_and(|g| g >= front.options.grace)
+                {
+                    Some((a.clone(), "its proxy is gone (its GET stream closed)"))
+                } else if a.session.idle_for() >= front.options.idle_timeout
+                    && !a.session.has_get_stream()
+                {
+                    Some((a.clone(), "idle"))
+                } else {
+                    None
+                }
             })
-            .cloned()
             .collect();
-        for attached in idle {
-            info!(session = %attached.session.id, "session idle for {:?}; ended", front.options.idle_timeout);
+        for (attached, why) in ended {
+            info!(session = %attached.session.id, "session ended: {why}");
             end_session(&front, &attached).await;
         }
+        let groups: Vec<(GroupKey, Arc<Hub>)> = front
+            .groups()
+            .iter()
+            .map(|(k, h)| (k.clone(), h.clone()))
+            .collect();
+        for (key, hub) in groups {
+            if front.is_main(&key) || hub.session_count() > 0 {
+                unused_since.remove(&key);
+                continue;
+            }
+            let since = *unused_since.entry(key.clone()).or_insert_with(Instant::now);
+            if since.elapsed() >= front.options.grace {
+                info!(cwd = ?key.cwd, "no session uses this MCP server process any more; stopping it");
+                front.groups().remove(&key);
+                unused_since.remove(&key);
+                hub.shutdown();
+            }
+        }
     }
+}
+
+/// `GET /mcpsm/status`: the children and the sessions each serves.
+async fn get_status(State(front): State<Arc<Front>>) -> Response {
+    let hubs = front.hubs();
+    let sessions = front.sessions();
+    let children: Vec<Value> = hubs
+        .iter()
+        .filter(|hub| !hub.is_stopped())
+        .map(|hub| {
+            let health = hub.health();
+            let served: Vec<Value> = sessions
+                .values()
+                .filter(|a| Arc::ptr_eq(&a.hub, hub))
+                .map(|a| {
+                    let info = &a.session.info;
+                    let capabilities: Vec<&String> = info
+                        .capabilities
+                        .as_object()
+                        .map(|m| m.keys().collect())
+                        .unwrap_or_default();
+                    json!({
+                        "id": a.session.id.as_ref(),
+                        "protocol_version": info.version,
+                        "client": info.client,
+                        "capabilities": capabilities,
+                        "idle_secs": a.session.idle_for().as_secs(),
+                        "connected": a.session.has_get_stream(),
+                    })
+                })
+                .collect();
+            json!({
+                "pid": hub.pid(),
+                "cwd": hub.command().cwd,
+                "protocol_version": hub.child_version(),
+                "revisions": match hub.compatibility() {
+                    Compatibility::Bridged => negotiate::KNOWN.join(", "),
+                    Compatibility::Exact(v) => v.clone(),
+                },
+                "health": {
+                    "failures": health.failures,
+                    "last_ping_ms": health.last_ping.map(|d| d.as_secs_f64() * 1000.0),
+                    "last_error": health.last_error,
+                    "hung_restarts": health.hung_restarts,
+                },
+                "sessions": served,
+            })
+        })
+        .collect();
+    drop(sessions);
+    axum::Json(json!({
+        "daemon": front.options.command.name,
+        "sharing": front.options.sharing.as_str(),
+        "max_sessions": front.options.max_children,
+        "children": children,
+    }))
+    .into_response()
 }

@@ -102,6 +102,10 @@ pub struct DaemonStatus {
     /// Unix seconds of the last such recovery.
     #[serde(default)]
     pub last_recovery: Option<u64>,
+    /// A running stdio daemon: its host's report of which server processes serve which
+    /// sessions (`GET /mcpsm/status` of the host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<serde_json::Value>,
 }
 
 impl DaemonStatus {
@@ -125,6 +129,7 @@ impl DaemonStatus {
             adopted: false,
             sessions_recovered: 0,
             last_recovery: None,
+            host: None,
         }
     }
 
@@ -150,6 +155,8 @@ pub struct Adopted {
 pub struct Context {
     pub paths: Paths,
     pub state_file: Arc<StateFile>,
+    /// The manager's API token (stdio hosts' secrets derive from it).
+    pub token: String,
 }
 
 enum Command {
@@ -677,13 +684,24 @@ fn stdio_host_launch(spec: &DaemonSpec, launch: Launch) -> Result<Launch, proces
         spec.sharing.as_str().to_owned(),
         "--session-idle-timeout".to_owned(),
         format!("{}ms", spec.session_idle_timeout.as_millis()),
+        "--session-grace".to_owned(),
+        format!("{}ms", spec.session_grace.as_millis()),
+        "--max-sessions".to_owned(),
+        spec.max_sessions.to_string(),
+        "--health-interval".to_owned(),
+        format!("{}ms", spec.health_interval.as_millis()),
         "--".to_owned(),
         program.display().to_string(),
     ];
     args.extend(launch.args);
+    let mut env = launch.env;
+    if let Some(secret) = &spec.host_secret {
+        env.push((crate::host::hub::SECRET_ENV.to_owned(), secret.clone()));
+    }
     Ok(Launch {
         command: exe.display().to_string(),
         args,
+        env,
         ..launch
     })
 }

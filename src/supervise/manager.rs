@@ -13,8 +13,9 @@ use tracing::{info, warn};
 use super::daemon::{unix_now, Adopted, Context, DaemonHandle, DaemonState, DaemonStatus};
 use super::probe::probe;
 use super::process;
+use super::secret;
 use super::state::ManagerState;
-use crate::config::{DaemonSpec, Registry};
+use crate::config::{DaemonSpec, Registry, TransportKind};
 
 /// Who the manager is; `GET /ping` answers this.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,9 +106,10 @@ impl Manager {
                 known: registry.names().map(str::to_owned).collect(),
             });
         }
-        let spec = registry
+        let mut spec = registry
             .daemon(name)
             .map_err(|e| ManagerError::Registry(e.to_string()))?;
+        secret::authorize(&mut spec, &self.context.token);
         if spec.launch.is_none() {
             return Err(ManagerError::NotManaged {
                 name: name.to_owned(),
@@ -161,6 +163,21 @@ impl Manager {
             .iter()
             .map(|(name, handle)| (name.clone(), handle.status().with_uptime()))
             .collect();
+        let hosts = daemons.values().filter_map(|status| {
+            let port = status.port?;
+            let running = status.transport == TransportKind::Stdio.as_str()
+                && status.state == DaemonState::Ready;
+            running.then(|| {
+                let secret = secret::host_secret(&self.context.token, &status.name);
+                let name = status.name.clone();
+                async move { (name, crate::host::fetch_status(port, &secret).await) }
+            })
+        });
+        for (name, report) in futures_util::future::join_all(hosts).await {
+            if let Some(status) = daemons.get_mut(&name) {
+                status.host = report;
+            }
+        }
         let registry_error = match self.registry() {
             Ok(registry) => {
                 for name in registry.names() {
@@ -235,7 +252,11 @@ impl Manager {
             let spec = registry
                 .daemon(name)
                 .ok()
-                .filter(|s| s.launch.as_ref().is_some_and(|l| l.port == record.port));
+                .filter(|s| s.launch.as_ref().is_some_and(|l| l.port == record.port))
+                .map(|mut spec| {
+                    secret::authorize(&mut spec, &self.context.token);
+                    spec
+                });
             let answered = match &spec {
                 Some(spec) => probe(spec, Duration::from_secs(5)).await,
                 None => Err("it is no longer in the registry".to_owned()),

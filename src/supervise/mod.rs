@@ -16,4 +16,5 @@ pub mod logs;
 pub mod manager;
 pub mod probe;
 pub mod process;
+pub mod secret;
 pub mod state;

@@ -223,6 +223,28 @@ pub fn group_members(pgid: libc::pid_t) -> Vec<u32> {
         .collect()
 }
 
+/// `pid` and every process below it, parents first.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for child in entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        {
+            if let Some(parent) = stat_fields(child).and_then(|f| f.get(1)?.parse().ok()) {
+                children.entry(parent).or_default().push(child);
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut next = 0;
+    while let Some(&parent) = tree.get(next) {
+        tree.extend(children.remove(&parent).unwrap_or_default());
+        next += 1;
+    }
+    tree
+}
+
 /// The fields of /proc/PID/stat after `(comm)`: state, ppid, pgrp, …
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -13,23 +13,31 @@ use crate::support::{call_tool, free_port, support_dir, wait_for, Proxy, TestHom
 
 /// `mcpsm stdio-host` on a free port, serving `command`.
 fn stdio_host(home: &TestHome, sharing: &str, command: &[&str], env: &[(&str, String)]) -> Server {
+    stdio_host_with(
+        home,
+        &["--sharing", sharing, "--name", "hosted"],
+        command,
+        env,
+    )
+}
+
+/// `mcpsm stdio-host OPTIONS` on a free port, serving `command`.
+fn stdio_host_with(
+    home: &TestHome,
+    options: &[&str],
+    command: &[&str],
+    env: &[(&str, String)],
+) -> Server {
     let port = free_port();
     let mut host = home.mcpsm();
-    host.args([
-        "stdio-host",
-        "--port",
-        &port.to_string(),
-        "--sharing",
-        sharing,
-        "--name",
-        "hosted",
-        "--",
-    ])
-    .args(command)
-    .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    host.args(["stdio-host", "--port", &port.to_string()])
+        .args(options)
+        .arg("--")
+        .args(command)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     std::os::unix::process::CommandExt::process_group(&mut host, 0);
     let child = host.spawn().expect("spawn mcpsm stdio-host");
     let server = Server::from_child(child, port, format!("http://127.0.0.1:{port}/mcp"));
@@ -342,4 +350,375 @@ fn server_memory_as_a_managed_shared_stdio_daemon_serves_two_sessions_with_one_p
     let daemon = crate::support::managed::daemon_in(&report, "memory");
     assert_eq!(daemon["state"], "ready");
     assert_eq!(daemon["transport"], "stdio");
+}
+
+// ---------------------------------------------------------------- faithful sharing (issue 10)
+
+/// `[daemons.NAME]` serving `command` through the stdio host; `extra` adds keys.
+fn stdio_entry(name: &str, command: &[String], port: u16, extra: &str) -> String {
+    let quoted: Vec<String> = command[1..].iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "[daemons.{name}]\ncommand = {:?}\nargs = [{}]\nport = {port}\ntransport = \"stdio\"\n{extra}\n",
+        command[0],
+        quoted.join(", ")
+    )
+}
+
+fn memory_command() -> Vec<String> {
+    vec!["node".into(), memory_js().display().to_string()]
+}
+
+/// `initialize` asking `version` with `capabilities`, then `initialized`; returns the answer.
+fn initialize_as(proxy: &mut Proxy, version: &str, capabilities: Value) -> Value {
+    proxy.send(
+        &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": version,
+            "capabilities": capabilities,
+            "clientInfo": {"name": format!("client-{version}"), "version": "0"}
+        }}),
+    );
+    let (answer, _) = proxy.recv_response(&json!(0));
+    if answer.get("result").is_some() {
+        proxy.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    }
+    answer
+}
+
+fn server_processes(home: &crate::support::managed::ManagedHome, needle: &str) -> Vec<u32> {
+    home.processes()
+        .into_iter()
+        .filter(|p| !p.is_mcpsm() && p.command_line().contains(needle))
+        .map(|p| p.pid)
+        .collect()
+}
+
+#[test]
+fn each_session_gets_the_protocol_version_it_asked_for_from_one_shared_server() {
+    use crate::support::managed::{daemon_in, listen_port, ManagedHome};
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    let extra = format!(
+        "env = {{ MEMORY_FILE_PATH = {:?} }}",
+        file.path().display().to_string()
+    );
+    let home = ManagedHome::new(&stdio_entry(
+        "memory",
+        &memory_command(),
+        listen_port(),
+        &extra,
+    ));
+    let mut sessions = Vec::new();
+    for version in ["2024-11-05", "2025-06-18", "2025-03-26", "2025-11-25"] {
+        let mut proxy = home.proxy("memory");
+        let answer = initialize_as(&mut proxy, version, json!({}));
+        assert_eq!(
+            answer["result"]["protocolVersion"], version,
+            "a session asking {version}: {answer}"
+        );
+        sessions.push(proxy);
+    }
+    for (n, proxy) in sessions.iter_mut().enumerate() {
+        let id = 10 + n as i64;
+        proxy.send(&call_tool(id, "read_graph", json!({})));
+        let (answer, _) = proxy.recv_response(&json!(id));
+        assert!(answer.get("result").is_some(), "session {n}: {answer}");
+    }
+    assert_eq!(
+        server_processes(&home, "server-memory").len(),
+        1,
+        "one server process for sessions of four revisions"
+    );
+    let report: Value =
+        serde_json::from_str(&home.run(&["status", "--json"]).stdout).expect("status json");
+    let host = &daemon_in(&report, "memory")["host"];
+    let children = host["children"].as_array().expect("children in status");
+    assert_eq!(children.len(), 1, "{host}");
+    let versions: Vec<&str> = children[0]["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter_map(|s| s["protocol_version"].as_str())
+        .collect();
+    for version in ["2024-11-05", "2025-06-18", "2025-03-26", "2025-11-25"] {
+        assert!(versions.contains(&version), "{version} in {host}");
+    }
+}
+
+#[test]
+fn a_revision_mcpsm_cannot_bridge_gets_a_server_process_of_its_own() {
+    let home = TestHome::new();
+    let js = memory_js().display().to_string();
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    let env = [("MEMORY_FILE_PATH", file.path().display().to_string())];
+    let host = stdio_host(&home, "shared", &["node", &js], &env);
+    let mut known = Proxy::spawn(&home, &["--url", &host.url]);
+    initialize_as(&mut known, "2025-06-18", json!({}));
+    let mut unknown = Proxy::spawn(&home, &["--url", &host.url]);
+    let answer = initialize_as(&mut unknown, "2099-01-01", json!({}));
+    // What server-memory answers on its own: its newest revision.
+    assert_eq!(
+        answer["result"]["protocolVersion"], "2025-11-25",
+        "{answer}"
+    );
+    wait_for(DEADLINE, "a second server process", || {
+        children_matching(host.pid(), "server-memory").len() == 2
+    });
+}
+
+#[test]
+fn sampling_requests_go_only_to_a_session_that_declared_sampling() {
+    let home = TestHome::new();
+    let js = everything_js().display().to_string();
+    let host = stdio_host(&home, "shared", &["node", &js, "stdio"], &[]);
+    let mut without = Proxy::spawn(&home, &["--url", &host.url]);
+    let answer = initialize_as(&mut without, "2025-06-18", json!({}));
+    assert!(answer.get("result").is_some(), "{answer}");
+    let mut with = Proxy::spawn(&home, &["--url", &host.url]);
+    let answer = initialize_as(&mut with, "2025-06-18", json!({"sampling": {}}));
+    assert!(answer.get("result").is_some(), "{answer}");
+
+    let sample = |id| call_tool(id, "trigger-sampling-request", json!({"prompt": "hi"}));
+    without.send(&sample(1));
+    let (answer, before) = without.recv_response(&json!(1));
+    assert!(
+        before
+            .iter()
+            .all(|m| m["method"] != "sampling/createMessage"),
+        "a session without sampling was asked to sample: {before:?}"
+    );
+    let failed = answer.get("error").is_some() || answer["result"]["isError"] == true;
+    assert!(
+        failed,
+        "the server got the error a client without sampling gives: {answer}"
+    );
+    assert!(
+        with.drain_for(Duration::from_millis(300))
+            .iter()
+            .all(|m| m["method"] != "sampling/createMessage"),
+        "another session's sampling request reached this one"
+    );
+
+    with.send(&sample(2));
+    let request = with.recv();
+    assert_eq!(request["method"], "sampling/createMessage", "{request}");
+    with.send(&json!({"jsonrpc": "2.0", "id": request["id"], "result": {
+        "role": "assistant",
+        "content": {"type": "text", "text": "canned answer"},
+        "model": "test", "stopReason": "endTurn"
+    }}));
+    let (answer, _) = with.recv_response(&json!(2));
+    assert!(
+        answer.to_string().contains("canned answer"),
+        "the sampling answer reached the server: {answer}"
+    );
+}
+
+#[test]
+fn a_hung_server_is_detected_and_restarted_while_its_session_stays_open() {
+    let home = TestHome::new();
+    let command = counter_server();
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let host = stdio_host_with(&home, &["--health-interval", "300ms"], &command, &[]);
+    let port = host.port;
+    let mut session = Proxy::spawn(&home, &["--url", &host.url]);
+    session.initialize();
+    assert_eq!(count(&mut session, 1), 1);
+    let hung = children_matching(host.pid(), "py_server.py");
+    assert_eq!(hung.len(), 1);
+    // SAFETY: kill(2) on a process this test started (through the host).
+    unsafe { libc::kill(hung[0] as i32, libc::SIGSTOP) };
+    session.send(&call_tool(2, "counter", json!({})));
+
+    // A new session's handshake reaches the server: it fails while the server is hung.
+    let mut late = Proxy::spawn(&home, &["--url", &host.url]);
+    late.send(&crate::support::initialize_request(0));
+    let (answer, _) = late.recv_response(&json!(0));
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ping")),
+        "{answer}"
+    );
+
+    let (answer, _) = session.recv_response(&json!(2));
+    assert!(
+        answer.get("error").is_some(),
+        "the call in flight gets an error with its id: {answer}"
+    );
+    wait_for(DEADLINE, "a new server process", || {
+        let now = children_matching(host.pid(), "py_server.py");
+        now.len() == 1 && now[0] != hung[0]
+    });
+    assert_eq!(
+        count(&mut session, 3),
+        1,
+        "the same session goes on with the new process"
+    );
+    let status = crate::support::managed::try_http(port, "GET", "/mcpsm/status", &[], "")
+        .expect("the host's status")
+        .json();
+    assert_eq!(
+        status["children"][0]["health"]["hung_restarts"], 1,
+        "{status}"
+    );
+}
+
+#[test]
+fn killed_proxies_isolated_servers_are_stopped_after_the_grace() {
+    use crate::support::managed::{kill, listen_port, ManagedHome};
+    let home = ManagedHome::new(&stdio_entry(
+        "counter",
+        &counter_server(),
+        listen_port(),
+        "sharing = \"isolated\"\nsession-grace = \"1s\"",
+    ));
+    let mut proxies: Vec<Proxy> = (0..3).map(|_| home.proxy("counter")).collect();
+    for proxy in &mut proxies {
+        proxy.initialize();
+        assert_eq!(count(proxy, 1), 1, "each session has a server of its own");
+    }
+    assert_eq!(server_processes(&home, "py_server.py").len(), 3);
+    for proxy in &proxies {
+        kill(proxy.pid() as u32, libc::SIGKILL);
+    }
+    wait_for(DEADLINE, "the killed sessions' servers to stop", || {
+        server_processes(&home, "py_server.py").is_empty()
+    });
+}
+
+#[test]
+fn requests_without_the_daemons_secret_get_401_and_start_nothing() {
+    use crate::support::managed::{listen_port, try_http, ManagedHome};
+    let port = listen_port();
+    let home = ManagedHome::new(&stdio_entry(
+        "counter",
+        &counter_server(),
+        port,
+        "sharing = \"isolated\"",
+    ));
+    home.start("counter");
+    let before = server_processes(&home, "py_server.py").len();
+    let body = crate::support::initialize_request(1).to_string();
+    for auth in [None, Some("Bearer not-the-secret"), Some("Bearer ")] {
+        let mut headers = vec![
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+        ];
+        if let Some(auth) = auth {
+            headers.push(("Authorization", auth));
+        }
+        let answer = try_http(port, "POST", "/mcp", &headers, &body).expect("the host answers");
+        assert_eq!(answer.status, 401, "{auth:?}: {answer:?}");
+        assert!(
+            answer.body.contains("mcpsm proxy --target counter"),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(server_processes(&home, "py_server.py").len(), before);
+    // mcpsm's own proxies carry the secret.
+    let mut proxy = home.proxy("counter");
+    proxy.initialize();
+    assert_eq!(count(&mut proxy, 1), 1);
+}
+
+#[test]
+fn beyond_max_sessions_a_session_gets_a_clear_error() {
+    let home = TestHome::new();
+    let command = counter_server();
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let options = [
+        "--sharing",
+        "isolated",
+        "--max-sessions",
+        "2",
+        "--name",
+        "counter",
+    ];
+    let host = stdio_host_with(&home, &options, &command, &[]);
+    let mut first = Proxy::spawn(&home, &["--url", &host.url]);
+    first.initialize();
+    let mut second = Proxy::spawn(&home, &["--url", &host.url]);
+    second.initialize();
+    let mut third = Proxy::spawn(&home, &["--url", &host.url]);
+    third.send(&crate::support::initialize_request(0));
+    let (answer, _) = third.recv_response(&json!(0));
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("max-sessions") && message.contains("counter"),
+        "{answer}"
+    );
+    assert_eq!(children_matching(host.pid(), "py_server.py").len(), 2);
+}
+
+#[test]
+fn per_project_sessions_share_a_server_per_directory_started_there() {
+    use crate::support::managed::{listen_port, ManagedHome};
+    let home = ManagedHome::new(&stdio_entry(
+        "counter",
+        &counter_server(),
+        listen_port(),
+        "sharing = \"per-project\"",
+    ));
+    home.start("counter");
+    let project_a = tempfile::tempdir().expect("temp dir");
+    let project_b = tempfile::tempdir().expect("temp dir");
+    let in_dir = |dir: &std::path::Path| {
+        let mut command = home.home.mcpsm();
+        command
+            .args(["proxy", "--target", "counter"])
+            .current_dir(dir);
+        let mut proxy = Proxy::spawn_command(command);
+        proxy.initialize();
+        proxy
+    };
+    let mut a1 = in_dir(project_a.path());
+    let mut a2 = in_dir(project_a.path());
+    let mut b = in_dir(project_b.path());
+    assert_eq!(count(&mut a1, 1), 1);
+    assert_eq!(
+        count(&mut a2, 1),
+        2,
+        "sessions of one project share a server"
+    );
+    assert_eq!(count(&mut b, 1), 1, "another project has its own");
+    // (mcpsm's own readiness probe, which has no directory, may add a server elsewhere.)
+    let cwds: Vec<std::path::PathBuf> = server_processes(&home, "py_server.py")
+        .iter()
+        .filter_map(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).ok())
+        .collect();
+    for project in [&project_a, &project_b] {
+        let dir = project.path().canonicalize().expect("canonical");
+        assert_eq!(
+            cwds.iter().filter(|c| **c == dir).count(),
+            1,
+            "one server runs in {}: {cwds:?}",
+            dir.display()
+        );
+    }
+}
+
+#[test]
+fn restart_with_sessions_open_is_prompt() {
+    use crate::support::managed::{listen_port, ManagedHome};
+    let home = ManagedHome::new(&stdio_entry(
+        "counter",
+        &counter_server(),
+        listen_port(),
+        "stop-timeout = \"60s\"",
+    ));
+    let mut sessions: Vec<Proxy> = (0..2).map(|_| home.proxy("counter")).collect();
+    for session in &mut sessions {
+        session.initialize();
+        count(session, 1);
+    }
+    let started = std::time::Instant::now();
+    home.run(&["restart", "counter"]).assert_success();
+    // Without a prompt stop, the open streams would hold the host until the 60 s SIGKILL.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "restart took {:?}",
+        started.elapsed()
+    );
+    for (n, session) in sessions.iter_mut().enumerate() {
+        assert!(count(session, 10 + n as i64) >= 1, "session {n} goes on");
+    }
 }
