@@ -228,8 +228,7 @@ async fn serve(settings: Settings, port: u16) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    axum::serve(listener, router(app.clone()))
-        .with_graceful_shutdown(signals)
+    crate::serve::serve(listener, router(app.clone()), signals)
         .await
         .context("serving the manager API")?;
     // After /shutdown the daemons are stopped already; after a signal they keep running.

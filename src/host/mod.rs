@@ -97,9 +97,7 @@ pub async fn run(
         "stdio host listening on 127.0.0.1:{}",
         front.options.port
     );
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(stop)
-        .await;
+    let served = crate::serve::serve(listener, router, stop).await;
     reaper.abort();
     if let Some(hub) = &front.shared {
         hub.shutdown();

@@ -52,6 +52,9 @@ impl ManagerClient {
             .no_proxy()
             .tls_certs_only([])
             .connect_timeout(Duration::from_secs(2))
+            // Below the manager's idle timeout (crate::serve::IDLE_TIMEOUT): the client closes
+            // an idle connection before the server would, so no request races that close.
+            .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_default();
         ManagerClient {
