@@ -62,15 +62,12 @@ async fn detach(settings: &Settings, port: u16) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    std::fs::create_dir_all(paths.logs_dir())
+    paths
+        .create_dirs()
         .with_context(|| format!("creating {}", paths.logs_dir().display()))?;
     let log_path = paths.manager_log();
     let _ = logs::rotate_if_large(&log_path, logs::MAX_LOG_BYTES);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
+    let log = logs::open_log(&log_path)?;
     let exe = std::env::current_exe().context("finding the mcpsm binary")?;
     let mut command = std::process::Command::new(exe);
     if settings.registry_explicit {
@@ -148,7 +145,8 @@ struct App {
 /// manager to adopt) or `POST /shutdown` (daemons are stopped).
 async fn serve(settings: Settings, port: u16) -> anyhow::Result<ExitCode> {
     let paths = settings.paths.clone();
-    std::fs::create_dir_all(paths.logs_dir())
+    paths
+        .create_dirs()
         .with_context(|| format!("creating {}", paths.logs_dir().display()))?;
     let lock_path = paths.manager_lock();
     let lock_file = std::fs::OpenOptions::new()

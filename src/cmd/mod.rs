@@ -57,6 +57,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Proxy(args) => proxy::run(args, cli.registry).await,
         Command::StdioHost(args) => host::run(args).await,
+        Command::LogWriter(args) => {
+            Ok(crate::supervise::log_writer::run(&args.file, &args.command))
+        }
         Command::DemoServer(args) => demo_server::run(args).await,
         Command::Demo => demo::run().await,
         Command::Completions(args) => {
@@ -69,6 +72,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match command {
                 Command::Proxy(_)
                 | Command::StdioHost(_)
+                | Command::LogWriter(_)
                 | Command::DemoServer(_)
                 | Command::Demo
                 | Command::Completions(_) => {

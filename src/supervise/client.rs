@@ -194,8 +194,11 @@ pub async fn connect_or_start(
         Err(ClientError::NotRunning { .. }) => {}
         Err(e) => return Err(e),
     }
-    std::fs::create_dir_all(paths.home()).map_err(|e| {
-        ClientError::Start(format!("cannot create {}: {e}", paths.home().display()))
+    paths.create_dirs().map_err(|e| {
+        ClientError::Start(format!(
+            "cannot create {}: {e}\nhint: check that its parent directory is writable, or set MCPSM_HOME to a directory you own",
+            paths.logs_dir().display()
+        ))
     })?;
     let lock_path = paths.manager_start_lock();
     let lock_file = std::fs::OpenOptions::new()

@@ -475,7 +475,6 @@ impl Actor {
             warn!(daemon = %self.spec.name, "{error}");
             return self.publish(DaemonState::Failed, Some(Some(error)));
         }
-        let _ = logs::rotate_if_large(&self.log, logs::MAX_LOG_BYTES);
         let launch = match stdio_host_launch(&self.spec, launch) {
             Ok(launch) => launch,
             Err(e) => {
@@ -573,7 +572,6 @@ impl Actor {
                 self.spawn().await;
             }
             Timer::Health => {
-                let _ = logs::rotate_if_large(&self.log, logs::MAX_LOG_BYTES);
                 let spec = self.spec.clone();
                 self.probe = Some(tokio::spawn(
                     async move { probe(&spec, PROBE_TIMEOUT).await },

@@ -8,7 +8,11 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::managed::{listen_port, ManagedHome};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use crate::support::managed::{kill, listen_port, wait_dead, ManagedHome};
+use crate::support::servers::run_with_deadline;
 use crate::support::{wait_for, TestHome, DEADLINE};
 
 /// A process killed (with its group) when the test ends, however it ends.
@@ -94,7 +98,171 @@ fn demo_server_and_stdio_host_close_half_open_connections() {
     assert_half_open_connection_is_closed(host_port, "the stdio host");
 }
 
-#[allow(dead_code)]
-fn unused() {
-    wait_for(Duration::ZERO, "", || true);
+/// `[daemons.NAME]` running `sh -c "PRELUDE; exec mcpsm demo-server"` on a free port.
+fn demo_after(name: &str, prelude: &str) -> String {
+    let script = format!("{prelude}; exec \"$MCPSM\" demo-server --port \"$PORT\"");
+    format!(
+        "[daemons.{name}]\ncommand = \"sh\"\nargs = [\"-c\", {}]\nenv = {{ PORT = \"{{port}}\", MCPSM = \"{{mcpsm}}\" }}\nport = {}\nhealth-interval = 0\n",
+        serde_json::to_string(&script).expect("a TOML string"),
+        listen_port()
+    )
+}
+
+/// Every file of `dir` whose name starts with `prefix`, with its size.
+fn files_of(dir: &Path, prefix: &str) -> Vec<(String, u64)> {
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .expect("read the logs directory")
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let len = entry.metadata().ok()?.len();
+            name.starts_with(prefix).then_some((name, len))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+const MIB: u64 = 1024 * 1024;
+
+#[test]
+fn a_chatty_daemon_log_is_rotated_as_it_is_written_and_capped() {
+    // 36 MB at once, with health probes (the old rotation points) turned off.
+    let home = ManagedHome::new(&demo_after(
+        "chatty",
+        "yes 0123456789abcdef0123456789abcdef0123456789abcdef | head -c 36000000; echo chatty-done",
+    ));
+    home.start("chatty");
+    let logs = home.path().join("logs");
+    wait_for(DEADLINE, "the last line in the current log", || {
+        std::fs::read_to_string(home.log_file("chatty")).is_ok_and(|t| t.contains("chatty-done"))
+    });
+    let files = files_of(&logs, "chatty.log");
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["chatty.log", "chatty.log.1", "chatty.log.2"],
+        "{files:?}"
+    );
+    assert!(
+        files.iter().all(|(_, len)| *len <= 10 * MIB),
+        "no file past 10 MiB: {files:?}"
+    );
+    let total: u64 = files.iter().map(|(_, len)| len).sum();
+    assert!(
+        total <= 30 * MIB,
+        "the cap is 30 MiB: {total} bytes in {files:?}"
+    );
+}
+
+#[test]
+fn a_daemon_keeps_logging_and_rotating_after_the_manager_is_killed_and_replaced() {
+    let home = ManagedHome::new(&demo_after(
+        "ticker",
+        "(while :; do echo tick; sleep 0.02; done) & true",
+    ));
+    let before = home.start("ticker");
+    let manager = home.manager_pid();
+    kill(manager, libc::SIGKILL);
+    wait_dead(manager, DEADLINE, "the manager");
+    let log = home.log_file("ticker");
+    let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+    let at_kill = size(&log);
+    wait_for(DEADLINE, "the log to grow without a manager", || {
+        size(&log) > at_kill + 200
+    });
+    // The next manager adopts the same process; its output still reaches the log.
+    let after = home.start("ticker");
+    assert_eq!(
+        after["pid"], before["pid"],
+        "adopted, not restarted: {after}"
+    );
+    assert_eq!(after["adopted"], true, "{after}");
+    let at_adoption = size(&log);
+    wait_for(DEADLINE, "the log to grow under the new manager", || {
+        size(&log) > at_adoption + 200
+    });
+}
+
+#[test]
+fn a_symlink_in_place_of_a_daemon_log_is_refused_and_left_alone() {
+    let home = ManagedHome::new(&demo_after("linked", "echo hello"));
+    let logs = home.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("logs dir");
+    let target = home.path().join("precious.txt");
+    std::fs::write(&target, "precious\n").expect("write the target");
+    std::os::unix::fs::symlink(&target, home.log_file("linked")).expect("plant a link");
+    let ran = home.run(&["start", "linked"]);
+    assert_eq!(ran.code, Some(1), "{ran:#?}");
+    assert!(
+        ran.stderr.contains("linked.log") && ran.stderr.contains("symbolic link"),
+        "names the link: {ran:#?}"
+    );
+    assert!(ran.stderr.contains("hint:"), "{ran:#?}");
+    assert_eq!(
+        std::fs::read_to_string(&target).expect("read the target"),
+        "precious\n",
+        "the link's target is untouched"
+    );
+    let logs_api = home.http(
+        "GET",
+        "/logs/linked?tail=5",
+        &[("Authorization", &format!("Bearer {}", home.token()))],
+        "",
+    );
+    assert!(
+        !logs_api.body.contains("precious"),
+        "not read through the link: {logs_api:?}"
+    );
+}
+
+#[test]
+fn home_and_logs_are_private_whatever_the_umask() {
+    let home = TestHome::new();
+    let state = home.path().join("state");
+    let port = listen_port();
+    let registry = home.write_registry(&format!(
+        "[manager]\nport = {port}\n\n{}",
+        demo_after("demo", "echo hello")
+    ));
+    let mut command = home.mcpsm();
+    command
+        .env("MCPSM_HOME", &state)
+        .arg("--registry")
+        .arg(&registry)
+        .args(["start", "demo"]);
+    // SAFETY: umask(2) is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let output = run_with_deadline(command, DEADLINE);
+    let stop = || {
+        let mut stop = home.mcpsm();
+        stop.env("MCPSM_HOME", &state)
+            .arg("--registry")
+            .arg(&registry)
+            .args(["manager", "stop"]);
+        run_with_deadline(stop, DEADLINE);
+    };
+    let mode = |path: &Path| {
+        std::fs::metadata(path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let modes = [
+        mode(&state),
+        mode(&state.join("logs")),
+        mode(&state.join("logs/demo.log")),
+        mode(&state.join("logs/manager.log")),
+    ];
+    stop();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        modes,
+        [0o700, 0o700, 0o600, 0o600],
+        "home, logs/, demo.log, manager.log"
+    );
 }
