@@ -1,12 +1,12 @@
 //! `mcpsm manager [--detach]` and `mcpsm manager stop`: the process that owns the daemons, and
 //! its loopback HTTP API.
 //!
-//! API (JSON in and out; `{"name": "NAME"}` bodies where a daemon is meant):
-//! `GET /ping`, `GET /status`, `GET /logs/NAME?tail=N` (text), and with
-//! `Authorization: Bearer <manager.token>`: `POST /start`, `/stop`, `/restart`, `/ensure`,
-//! `/start-all`, `/stop-all`, `/shutdown`. It binds 127.0.0.1 only and answers 403 to a
-//! `Host` that is not loopback or an `Origin` from elsewhere (DNS rebinding), 401 to a
-//! mutating request without the token, 413 to a body over 16 KiB.
+//! API (JSON in and out; `{"name": "NAME"}` bodies where a daemon is meant): `GET /ping`,
+//! and with `Authorization: Bearer <manager.token>`: `GET /status`, `GET /logs/NAME?tail=N`
+//! (text), `POST /start`, `/stop`, `/restart`, `/ensure`, `/start-all`, `/stop-all`,
+//! `/shutdown`. It binds 127.0.0.1 only and answers 403 to a `Host` that is not loopback or
+//! an `Origin` from elsewhere (DNS rebinding), 401 to any request but `/ping` without the
+//! token, 413 to a body over 16 KiB.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::header::AUTHORIZATION;
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -262,7 +262,8 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
     if let Err(why) = crate::guard::check_loopback(request.headers()) {
         return error(StatusCode::FORBIDDEN, why);
     }
-    if request.method() == Method::POST && !authorized(request.headers(), &app.token) {
+    // Only /ping is open: it says nothing but who runs. Status and logs may hold secrets.
+    if request.uri().path() != "/ping" && !authorized(request.headers(), &app.token) {
         return error(
             StatusCode::UNAUTHORIZED,
             format!(

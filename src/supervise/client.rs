@@ -92,13 +92,16 @@ impl ManagerClient {
     }
 
     pub async fn status(&self) -> Result<StatusReport, ClientError> {
-        self.call(self.http.get(self.url("/status"))).await
+        let request = self.authorized(self.http.get(self.url("/status")))?;
+        self.call(request).await
     }
 
     pub async fn logs(&self, name: &str, tail: usize) -> Result<String, ClientError> {
         let response = self
-            .http
-            .get(self.url(&format!("/logs/{name}?tail={tail}")))
+            .authorized(
+                self.http
+                    .get(self.url(&format!("/logs/{name}?tail={tail}"))),
+            )?
             .send()
             .await
             .map_err(|e| self.http_error(&e))?;
@@ -127,20 +130,28 @@ impl ManagerClient {
         self.call(request).await
     }
 
-    fn post(&self, action: &str, body: &Value) -> Result<reqwest::RequestBuilder, ClientError> {
+    /// Adds `Authorization: Bearer <manager.token>`: every endpoint but `/ping` needs it.
+    fn authorized(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, ClientError> {
         let token = std::fs::read_to_string(&self.token_path).map_err(|e| ClientError::Http {
             port: self.port,
             cause: format!(
-                "cannot read the manager token {}: {e}",
+                "cannot read the manager token {}: {e}\nhint: run mcpsm as the user that started the manager, with the same MCPSM_HOME",
                 self.token_path.display()
             ),
         })?;
-        Ok(self
+        Ok(request.header(AUTHORIZATION, format!("Bearer {}", token.trim())))
+    }
+
+    fn post(&self, action: &str, body: &Value) -> Result<reqwest::RequestBuilder, ClientError> {
+        let request = self
             .http
             .post(self.url(&format!("/{action}")))
-            .header(AUTHORIZATION, format!("Bearer {}", token.trim()))
             .header(CONTENT_TYPE, "application/json")
-            .body(body.to_string()))
+            .body(body.to_string());
+        self.authorized(request)
     }
 
     async fn call<T: DeserializeOwned>(

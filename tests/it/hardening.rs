@@ -266,3 +266,36 @@ fn home_and_logs_are_private_whatever_the_umask() {
         "home, logs/, demo.log, manager.log"
     );
 }
+
+#[test]
+fn every_manager_endpoint_but_ping_needs_the_token() {
+    let home = ManagedHome::new(&demo_after("quiet", "echo secret-in-the-log"));
+    home.start("quiet");
+    for path in ["/status", "/logs/quiet?tail=5", "/logs/nope"] {
+        let answer = home.http("GET", path, &[], "");
+        assert_eq!(
+            answer.status, 401,
+            "GET {path} without the token: {answer:?}"
+        );
+        assert!(!answer.body.contains("secret-in-the-log"), "{answer:?}");
+        assert!(answer.body.contains("manager.token"), "{answer:?}");
+    }
+    let ping = home.http("GET", "/ping", &[], "");
+    assert_eq!(ping.status, 200, "/ping stays open: {ping:?}");
+    let token = home.bearer();
+    let logs = home.http(
+        "GET",
+        "/logs/quiet?tail=5",
+        &[("Authorization", &token)],
+        "",
+    );
+    assert_eq!(logs.status, 200, "{logs:?}");
+    assert!(logs.body.contains("secret-in-the-log"), "{logs:?}");
+    // The CLI sends the token.
+    let ran = home.run(&["status"]);
+    ran.assert_success();
+    assert!(
+        ran.stdout.contains("quiet") && ran.stdout.contains("ready"),
+        "{ran:#?}"
+    );
+}

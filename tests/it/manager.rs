@@ -403,7 +403,13 @@ fn manager_api_refuses_a_host_that_is_not_loopback() {
     assert!(!evil.body.contains("daemons"), "no status leaks: {evil:?}");
     let evil_with_port = home.http("GET", "/ping", &[("Host", "evil.example.com:80")], "");
     assert_eq!(evil_with_port.status, 403, "{evil_with_port:?}");
-    let local = home.http("GET", "/status", &[("Host", "localhost")], "");
+    let token = home.bearer();
+    let local = home.http(
+        "GET",
+        "/status",
+        &[("Host", "localhost"), ("Authorization", &token)],
+        "",
+    );
     assert_eq!(local.status, 200, "loopback names are fine: {local:?}");
 }
 
@@ -421,7 +427,15 @@ fn manager_api_refuses_a_foreign_origin() {
         "{}",
     );
     assert_eq!(post.status, 403, "even with the token: {post:?}");
-    let local = home.http("GET", "/status", &[("Origin", "http://127.0.0.1:8080")], "");
+    let local = home.http(
+        "GET",
+        "/status",
+        &[
+            ("Origin", "http://127.0.0.1:8080"),
+            ("Authorization", &token),
+        ],
+        "",
+    );
     assert_eq!(local.status, 200, "a loopback origin is fine: {local:?}");
 }
 
@@ -475,7 +489,7 @@ fn manager_api_answers_an_unknown_daemon_with_404_and_the_known_names() {
     assert_eq!(answer.status, 404, "{answer:?}");
     assert_eq!(answer.json()["known"], json!(["everything"]), "{answer:?}");
     assert!(answer.body.contains("nope"), "{answer:?}");
-    let logs = home.http("GET", "/logs/nope?tail=5", &[], "");
+    let logs = home.http("GET", "/logs/nope?tail=5", &[auth], "");
     assert_eq!(logs.status, 404, "{logs:?}");
     assert_eq!(logs.json()["known"], json!(["everything"]), "{logs:?}");
 }
@@ -503,10 +517,12 @@ fn manager_api_logs_returns_the_log_tail() {
     let home = home_with_a_finished_log();
     let file = std::fs::read_to_string(home.log_file("talker")).expect("read the log");
     assert!(file.lines().count() > 13, "{file}");
-    let tail = home.http("GET", "/logs/talker?tail=3", &[], "");
+    let token = home.bearer();
+    let auth = [("Authorization", token.as_str())];
+    let tail = home.http("GET", "/logs/talker?tail=3", &auth, "");
     assert_eq!(tail.status, 200, "{tail:?}");
     assert_eq!(tail.body.lines().collect::<Vec<_>>(), last_lines(&file, 3));
-    let all = home.http("GET", "/logs/talker?tail=1000", &[], "");
+    let all = home.http("GET", "/logs/talker?tail=1000", &auth, "");
     assert_eq!(all.body, file, "the whole log");
     assert!(all.body.starts_with("line-1\nline-2\n"), "{all:?}");
 }
