@@ -64,7 +64,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo => demo::run().await,
         Command::Completions(args) => {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(args.shell, &mut command, "mcpsm", &mut std::io::stdout());
+            // Into a buffer first: clap_complete panics on a write error (a closed stdout).
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut command, "mcpsm", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
             Ok(ExitCode::SUCCESS)
         }
         command => {

@@ -135,13 +135,21 @@ impl ManagerClient {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::RequestBuilder, ClientError> {
-        let token = std::fs::read_to_string(&self.token_path).map_err(|e| ClientError::Http {
-            port: self.port,
-            cause: format!(
-                "cannot read the manager token {}: {e}\nhint: run mcpsm as the user that started the manager, with the same MCPSM_HOME",
-                self.token_path.display()
-            ),
-        })?;
+        let token = match std::fs::read_to_string(&self.token_path) {
+            Ok(token) => token,
+            // No manager ever ran in this home: the request finds none (or gets a 401 from
+            // another home's manager on this port, which names the token it wants).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(request),
+            Err(e) => {
+                return Err(ClientError::Http {
+                    port: self.port,
+                    cause: format!(
+                        "cannot read the manager token {}: {e}\nhint: run mcpsm as the user that started the manager, with the same MCPSM_HOME",
+                        self.token_path.display()
+                    ),
+                })
+            }
+        };
         Ok(request.header(AUTHORIZATION, format!("Bearer {}", token.trim())))
     }
 

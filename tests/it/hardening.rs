@@ -8,6 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -298,4 +299,49 @@ fn every_manager_endpoint_but_ping_needs_the_token() {
         ran.stdout.contains("quiet") && ran.stdout.contains("ready"),
         "{ran:#?}"
     );
+}
+
+#[test]
+fn a_closed_stdout_ends_every_printing_command_quietly() {
+    let home = ManagedHome::new(&demo_after("quiet", "echo hello"));
+    home.start("quiet");
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["doctor"],
+        &["doctor", "--json"],
+        &["logs", "quiet"],
+        &["completions", "bash"],
+        &["generate-config", "--dry-run"],
+        &["--help"],
+    ] {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills two new descriptors, owned below.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+        // SAFETY: both were just created; the read end is closed at once, like `head` exiting.
+        let (reader, writer) = unsafe {
+            (
+                std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            )
+        };
+        drop(reader);
+        let mut command = home.home.mcpsm();
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::piped());
+        let output = command.output().expect("run mcpsm");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "mcpsm {args:?} with a closed stdout: {stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "mcpsm {args:?} ends quietly: {stderr}"
+        );
+    }
 }
