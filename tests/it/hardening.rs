@@ -345,3 +345,50 @@ fn a_closed_stdout_ends_every_printing_command_quietly() {
         );
     }
 }
+
+#[test]
+fn two_daemons_on_one_port_or_one_on_the_manager_port_are_refused_with_file_and_line() {
+    let home = TestHome::new();
+    let shared = listen_port();
+    let manager = listen_port();
+    let entry = |name: &str, port: u16| {
+        format!(
+            "[daemons.{name}]\ncommand = \"sh\"\nargs = [\"-c\", \"sleep 30\"]\nport = {port}\n\n"
+        )
+    };
+    // Line 12 is the port of `b`, the later of the two on one port.
+    home.write_registry(&format!(
+        "[manager]\nport = {manager}\n\n{}{}",
+        entry("a", shared),
+        entry("b", shared)
+    ));
+    let ran = home.mcpsm().args(["doctor"]).output().expect("doctor");
+    let out = String::from_utf8_lossy(&ran.stdout);
+    assert_eq!(ran.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("fail  registry:")
+            && out.contains("daemons.toml:12")
+            && out.contains(&format!("port {shared}"))
+            && out.contains("daemon `a` already uses")
+            && out.contains("hint:"),
+        "{out}"
+    );
+    let start = home.mcpsm().args(["start", "a"]).output().expect("start");
+    let err = String::from_utf8_lossy(&start.stderr);
+    assert_eq!(start.status.code(), Some(1), "{err}");
+    assert!(err.contains("daemons.toml:12"), "{err}");
+
+    home.write_registry(&format!(
+        "[manager]\nport = {manager}\n\n{}",
+        entry("c", manager)
+    ));
+    let ran = home.mcpsm().args(["doctor"]).output().expect("doctor");
+    let out = String::from_utf8_lossy(&ran.stdout);
+    assert_eq!(ran.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("daemons.toml:7")
+            && out.contains("the manager's port")
+            && out.contains("hint:"),
+        "{out}"
+    );
+}
