@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use super::Settings;
 use crate::cli::{ManagerAction, ManagerArgs};
 use crate::paths::Paths;
-use crate::supervise::client::{ClientError, ManagerClient};
+use crate::supervise::client::{self, ClientError, ManagerClient};
 use crate::supervise::daemon::{unix_now, Context};
 use crate::supervise::manager::{Manager, ManagerError};
 use crate::supervise::state::{ManagerState, StateFile};
@@ -61,6 +61,9 @@ async fn detach(settings: &Settings, port: u16) -> anyhow::Result<ExitCode> {
             info.port, info.pid
         );
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(running) = client::manager_on_other_port(paths, port) {
+        anyhow::bail!("{}", client::moved_message(paths, &running, port));
     }
     paths
         .create_dirs()
@@ -112,6 +115,8 @@ async fn detach(settings: &Settings, port: u16) -> anyhow::Result<ExitCode> {
 
 /// `mcpsm manager stop`: stops every daemon and the manager.
 async fn stop(settings: &Settings, port: u16) -> anyhow::Result<ExitCode> {
+    // A manager still on the port the registry had when it started is this home's manager.
+    let port = client::manager_on_other_port(&settings.paths, port).map_or(port, |m| m.port);
     let client = ManagerClient::new(&settings.paths, port);
     match client.action("shutdown").await {
         Ok(_) => {}

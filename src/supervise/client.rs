@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use super::daemon::DaemonStatus;
 use super::logs;
 use super::manager::{ManagerInfo, StatusReport};
+use super::state::ManagerState;
 use crate::paths::Paths;
 
 /// How long a new manager may take to answer `/ping`.
@@ -213,6 +214,9 @@ pub async fn connect_or_start(
         Err(ClientError::NotRunning { .. }) => {}
         Err(e) => return Err(e),
     }
+    if let Some(running) = manager_on_other_port(paths, port) {
+        return Err(ClientError::Start(moved_message(paths, &running, port)));
+    }
     paths.create_dirs().map_err(|e| {
         ClientError::Start(format!(
             "cannot create {}: {e}\nhint: check that its parent directory is writable, or set MCPSM_HOME to a directory you own",
@@ -252,6 +256,36 @@ pub async fn connect_or_start(
     }
     start_detached(paths, registry).await?;
     Ok(client)
+}
+
+/// The manager of this home, when it runs on another port than `port`: the registry's
+/// `[manager] port` was edited while it ran. Known from `manager.json` and `manager.lock`
+/// (held by a live manager), so no request to any port is needed.
+pub fn manager_on_other_port(paths: &Paths, port: u16) -> Option<ManagerState> {
+    let state = ManagerState::read(&paths.manager_state())?;
+    if state.port == port || !super::process::is_alive(state.pid) {
+        return None;
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(paths.manager_lock())
+        .ok()?;
+    let mut lock = fd_lock::RwLock::new(file);
+    let held = lock.try_write().is_err();
+    held.then_some(state)
+}
+
+/// What to say when the manager runs on another port than the registry's.
+pub fn moved_message(paths: &Paths, running: &ManagerState, port: u16) -> String {
+    format!(
+        "the mcpsm manager of {} runs on 127.0.0.1:{} (pid {}), but the registry now says `[manager] port = {port}`\n\
+         hint: restart the manager to move it: `kill {}` (its daemons keep running; the next proxy or `mcpsm start` starts a manager on port {port}, which adopts them), or `mcpsm manager stop` (stops its daemons too); or set `port = {}` back",
+        paths.home().display(),
+        running.port,
+        running.pid,
+        running.pid,
+        running.port
+    )
 }
 
 /// Runs `mcpsm manager --detach` and waits for it: it returns once the manager answers.

@@ -392,3 +392,41 @@ fn two_daemons_on_one_port_or_one_on_the_manager_port_are_refused_with_file_and_
         "{out}"
     );
 }
+
+#[test]
+fn a_manager_port_edited_while_the_manager_runs_is_named_at_once() {
+    let daemons = demo_after("quiet", "echo hello");
+    let home = ManagedHome::new(&daemons);
+    home.start("quiet");
+    let pid = home.manager_pid();
+    let old = home.manager_port;
+    let new = listen_port();
+    home.home
+        .write_registry(&format!("[manager]\nport = {new}\n\n{daemons}"));
+
+    let started = Instant::now();
+    let ran = home.run(&["start", "quiet"]);
+    assert_eq!(ran.code, Some(1), "{ran:#?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "said at once, not after a 20 s wait: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        ran.stderr
+            .contains(&format!("runs on 127.0.0.1:{old} (pid {pid})"))
+            && ran.stderr.contains(&format!("port = {new}"))
+            && ran.stderr.contains("hint:"),
+        "{ran:#?}"
+    );
+    let mut proxy = home.proxy("quiet");
+    proxy.send(&crate::support::initialize_request(1));
+    let answer = proxy.recv_within(Duration::from_secs(5));
+    assert!(
+        answer.to_string().contains(&format!("127.0.0.1:{old}")),
+        "the proxy names the running manager: {answer}"
+    );
+    // `manager stop` finds the manager where it runs.
+    home.run(&["manager", "stop"]).assert_success();
+    wait_dead(pid, DEADLINE, "the manager");
+}
