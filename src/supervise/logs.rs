@@ -229,12 +229,24 @@ impl RotatingLog {
 /// The last `lines` lines of `path` (reading at most its last 64 KiB); nothing when it is
 /// missing or a link.
 pub fn tail(path: &Path, lines: usize) -> Vec<String> {
+    tail_since(path, 0, lines)
+}
+
+/// The size of `path` now (0 when missing): where what is written next starts.
+pub fn end_of(path: &Path) -> u64 {
+    std::fs::symlink_metadata(path).map_or(0, |m| m.len())
+}
+
+/// [`tail`] of what was written at or after byte `since` (from [`end_of`]); the whole file
+/// when it was rotated since (it is shorter than `since`).
+pub fn tail_since(path: &Path, since: u64, lines: usize) -> Vec<String> {
     const WINDOW: u64 = 64 * 1024;
     let Ok(mut file) = open_log_for_reading(path) else {
         return Vec::new();
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(WINDOW);
+    let since = if len < since { 0 } else { since };
+    let start = len.saturating_sub(WINDOW).max(since);
     if file.seek(SeekFrom::Start(start)).is_err() {
         return Vec::new();
     }
@@ -244,7 +256,7 @@ pub fn tail(path: &Path, lines: usize) -> Vec<String> {
     }
     let text = String::from_utf8_lossy(&bytes);
     let mut all: Vec<&str> = text.lines().collect();
-    if start > 0 && !all.is_empty() {
+    if start > since && !all.is_empty() {
         all.remove(0); // a partial first line
     }
     let skip = all.len().saturating_sub(lines);
@@ -258,6 +270,20 @@ pub fn tail_for_message(path: &Path, lines: usize) -> String {
         return format!("(its log {} is empty)", path.display());
     }
     format!("last lines of {}:\n  {}", path.display(), tail.join("\n  "))
+}
+
+/// What one run of a daemon wrote (from byte `since`), for an error message: earlier runs'
+/// output is not repeated.
+pub fn run_tail_for_message(path: &Path, since: u64, lines: usize) -> String {
+    let tail = tail_since(path, since, lines);
+    if tail.is_empty() {
+        return format!("it wrote nothing to its log {}", path.display());
+    }
+    format!(
+        "its last output (in {}):\n  {}",
+        path.display(),
+        tail.join("\n  ")
+    )
 }
 
 #[cfg(test)]

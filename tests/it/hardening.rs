@@ -430,3 +430,53 @@ fn a_manager_port_edited_while_the_manager_runs_is_named_at_once() {
     home.run(&["manager", "stop"]).assert_success();
     wait_dead(pid, DEADLINE, "the manager");
 }
+
+#[test]
+fn status_without_a_manager_shows_the_daemons_still_running() {
+    let home = ManagedHome::new(&demo_after("quiet", "echo hello"));
+    let pid = crate::support::managed::pid_of(&home.start("quiet"));
+    let manager = home.manager_pid();
+    kill(manager, libc::SIGKILL);
+    wait_dead(manager, DEADLINE, "the manager");
+    let ran = home.run(&["status"]);
+    ran.assert_success();
+    let row = ran
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("quiet "))
+        .unwrap_or_else(|| panic!("no row for quiet: {ran:#?}"));
+    assert!(
+        row.contains("ready") && row.contains(&pid.to_string()),
+        "the daemon runs on without a manager: {ran:#?}"
+    );
+}
+
+#[test]
+fn doctor_after_a_clean_manager_stop_has_no_warning() {
+    let home = ManagedHome::new(&demo_after("quiet", "echo hello"));
+    home.start("quiet");
+    home.run(&["manager", "stop"]).assert_success();
+    let ran = home.run(&["doctor"]);
+    assert!(
+        !ran.stdout.contains("warn ") && !ran.stdout.contains("lock"),
+        "{ran:#?}"
+    );
+}
+
+#[test]
+fn a_crash_error_shows_the_last_run_output_once() {
+    let home = ManagedHome::new(
+        "[daemons.crash]\ncommand = \"sh\"\nargs = [\"-c\", \"echo boom-once; exit 3\"]\nport = 1\n"
+            .replace("port = 1", &format!("port = {}", listen_port()))
+            .as_str(),
+    );
+    let ran = home.run(&["start", "crash"]);
+    assert_eq!(ran.code, Some(1), "{ran:#?}");
+    assert_eq!(
+        ran.stderr.matches("boom-once").count(),
+        1,
+        "the output of the run that failed, once: {ran:#?}"
+    );
+    let status = home.run(&["status"]);
+    assert_eq!(status.stdout.matches("boom-once").count(), 1, "{status:#?}");
+}
