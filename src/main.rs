@@ -66,7 +66,12 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 fn quiet_on_closed_stdout() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let message = info.payload_as_str().unwrap_or("");
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
         if message.starts_with("failed printing to stdout")
             && message.contains(&std::io::Error::from_raw_os_error(libc::EPIPE).to_string())
         {
