@@ -40,7 +40,12 @@ pub fn open_log(path: &Path) -> Result<File, LogError> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(|cause| opening_failed(path, cause))?;
-    check_regular(path, &file)?;
+    let meta = regular_file(path, &file)?;
+    // The umask may have made it anything narrower, or someone else wider.
+    if meta.permissions().mode() & 0o777 != 0o600 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|cause| opening_failed(path, cause))?;
+    }
     Ok(file)
 }
 
@@ -51,14 +56,7 @@ pub fn open_log_for_reading(path: &Path) -> Result<File, LogError> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(|cause| opening_failed(path, cause))?;
-    let meta = file
-        .metadata()
-        .map_err(|cause| opening_failed(path, cause))?;
-    if !meta.is_file() {
-        return Err(LogError::NotAFile {
-            path: path.to_path_buf(),
-        });
-    }
+    regular_file(path, &file)?;
     Ok(file)
 }
 
@@ -75,9 +73,8 @@ fn opening_failed(path: &Path, cause: io::Error) -> LogError {
     }
 }
 
-/// A regular file, mode 0600 (the umask may have made it anything narrower or, at creation
-/// by someone else, wider).
-fn check_regular(path: &Path, file: &File) -> Result<(), LogError> {
+/// The metadata of `file` (open on `path`), which must be a regular file.
+fn regular_file(path: &Path, file: &File) -> Result<std::fs::Metadata, LogError> {
     let meta = file
         .metadata()
         .map_err(|cause| opening_failed(path, cause))?;
@@ -86,11 +83,7 @@ fn check_regular(path: &Path, file: &File) -> Result<(), LogError> {
             path: path.to_path_buf(),
         });
     }
-    if meta.permissions().mode() & 0o777 != 0o600 {
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(|cause| opening_failed(path, cause))?;
-    }
-    Ok(())
+    Ok(meta)
 }
 
 /// `path.N`.
