@@ -4,6 +4,8 @@
 #   bash bench/run.sh                 install the pinned peers, build release, measure everything,
 #                                     write BENCHMARKS.md and bench/results.json (a few minutes)
 #   bash bench/run.sh --smoke         mcpsm only, demo upstream, a few dozen calls, stdout only
+#   bash bench/run.sh --soak          50,000 calls through one managed proxy session: proxy and
+#                                     manager RSS at start, middle and end (minutes; not in CI)
 #   bash bench/run.sh -- ARGS...      pass ARGS to the harness instead of the defaults, e.g.
 #                                     bash bench/run.sh -- --contenders direct,mcpsm --calls 5000
 #
@@ -14,22 +16,30 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 smoke=0
+soak=0
 harness=()
 if [ "${1:-}" = "--smoke" ]; then
   smoke=1
+  shift
+elif [ "${1:-}" = "--soak" ]; then
+  soak=1
   shift
 fi
 if [ "${1:-}" = "--" ]; then
   shift
   harness=("$@")
 elif [ "$#" -gt 0 ]; then
-  echo "usage: bash bench/run.sh [--smoke] [-- HARNESS-ARGS...]" >&2
+  echo "usage: bash bench/run.sh [--smoke|--soak] [-- HARNESS-ARGS...]" >&2
   exit 2
 fi
 
 if [ "$smoke" = 1 ]; then
   cargo build --release --quiet --bin mcpsm --example bench
   exec target/release/examples/bench --smoke
+fi
+if [ "$soak" = 1 ]; then
+  cargo build --release --quiet --bin mcpsm --example bench
+  exec target/release/examples/bench --soak "${harness[@]}"
 fi
 
 bash bench/setup.sh

@@ -61,6 +61,14 @@ struct Args {
     /// exits non-zero only if a call fails
     #[arg(long)]
     smoke: bool,
+    /// Soak run instead of the benchmark: `--soak-calls` calls through one `mcpsm proxy
+    /// --target demo` session under a real manager, printing the proxy's and the manager's RSS
+    /// at the start, the middle and the end (minutes; not for CI)
+    #[arg(long)]
+    soak: bool,
+    /// Calls in the soak run
+    #[arg(long, default_value_t = 50_000)]
+    soak_calls: usize,
     /// The mcpsm binary [default: `mcpsm` in the target directory this harness was built in]
     #[arg(long)]
     mcpsm: Option<PathBuf>,
@@ -2054,6 +2062,78 @@ async fn measure_managed(ctx: &Ctx, with_everything: bool) -> Managed {
     managed
 }
 
+/// `--soak`: many calls through one managed session; memory of the proxy and the manager at
+/// the start, the middle and the end. Flat figures mean nothing grows per call.
+async fn soak(ctx: &Ctx) -> Result<ExitCode> {
+    let calls = ctx.args.soak_calls.max(2);
+    let home = Home::create(ctx, "soak")?;
+    let contender = Contender {
+        peer: Peer::Mcpsm,
+        name: "mcpsm --target".into(),
+        launch: Some(ctx.target_launch(&home.dir, "demo")),
+    };
+    let message = json_string(SHORT_MESSAGE);
+    let (mut session, _) = Session::open(ctx, &contender, "").await?;
+    let proxy = session
+        .pgid()
+        .context("the soak session has no proxy process")?;
+    let state_path = home.dir.join("manager.json");
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(&state_path)
+            .with_context(|| format!("reading {}", state_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", state_path.display()))?;
+    let manager = state["pid"]
+        .as_i64()
+        .and_then(|p| i32::try_from(p).ok())
+        .with_context(|| format!("no manager pid in {}", state_path.display()))?;
+    for _ in 0..WARMUP_CALLS {
+        session.checked_echo(&message, SHORT_MESSAGE).await?;
+    }
+    let rss = || {
+        (
+            procfs::status_kib(&[proxy], "VmRSS"),
+            procfs::status_kib(&[manager], "VmRSS"),
+        )
+    };
+    println!("soak: {calls} calls through one `mcpsm proxy --target demo` session");
+    println!(
+        "{:>9}  {:>14}  {:>16}  {:>10}",
+        "calls", "proxy RSS KiB", "manager RSS KiB", "p50 µs"
+    );
+    let mut samples = Vec::new();
+    let mut latencies = Vec::with_capacity(calls / 2);
+    let report = |done: usize, latencies: &mut Vec<f64>, samples: &mut Vec<Value>| {
+        let (proxy_kib, manager_kib) = rss();
+        latencies.sort_unstable_by(f64::total_cmp);
+        let p50 = latencies.get(latencies.len() / 2).copied().unwrap_or(0.0);
+        println!("{done:>9}  {proxy_kib:>14}  {manager_kib:>16}  {p50:>10.1}");
+        samples.push(json!({"calls": done, "proxy_rss_kib": proxy_kib, "manager_rss_kib": manager_kib, "p50_us": p50}));
+        latencies.clear();
+    };
+    report(0, &mut latencies, &mut samples);
+    let started = Instant::now();
+    for done in 1..=calls {
+        let took = session.checked_echo(&message, SHORT_MESSAGE).await?;
+        latencies.push(us(took));
+        if done == calls / 2 || done == calls {
+            report(done, &mut latencies, &mut samples);
+        }
+    }
+    println!(
+        "soak: {calls} calls in {:.1} s, every one answered",
+        started.elapsed().as_secs_f64()
+    );
+    session.close().await;
+    home.stop_manager();
+    if let Some(path) = &ctx.args.json {
+        let text = serde_json::to_string_pretty(&json!({"soak": samples}))
+            .context("serializing the soak results")?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `kill -9` of the managed demo daemon under a live session; see [`Recovery`].
 async fn recovery(ctx: &Ctx, home: &Home, contender: &Contender, reps: usize) -> Recovery {
     let mut result = Recovery::default();
@@ -3042,6 +3122,11 @@ async fn run(mut args: Args) -> Result<ExitCode> {
         }
         args.apply_smoke();
     }
+    if args.soak {
+        // The soak needs mcpsm and its demo daemon only.
+        args.contenders = vec!["mcpsm".into()];
+        args.upstreams = vec!["demo".into()];
+    }
     let mut peers: Vec<Peer> = args
         .contenders
         .iter()
@@ -3118,6 +3203,9 @@ async fn run(mut args: Args) -> Result<ExitCode> {
         clock_ticks,
         variants,
     };
+    if args.soak {
+        return soak(&ctx).await;
+    }
     let loadavg_before = loadavg();
 
     let mut results = Vec::new();

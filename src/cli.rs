@@ -94,6 +94,11 @@ Every HTTP session gets its own Mcp-Session-Id; with --sharing shared (the defau
 multiplexed onto one server process, with --sharing isolated each gets its own.")]
     StdioHost(StdioHostArgs),
 
+    /// Run COMMAND with its output appended to FILE, rotated by size (how the manager starts
+    /// every daemon; not meant to be run by hand)
+    #[command(hide = true)]
+    LogWriter(LogWriterArgs),
+
     /// See mcpsm work in a minute: one shared daemon, two sessions, SIGINT and kill -9 survived
     #[command(
         after_help = "Example:\n  mcpsm demo\n\nRuns in a private temporary home (its own manager and ports) and cleans up after itself."
@@ -220,6 +225,18 @@ pub struct DemoServerArgs {
     /// The port to serve on (127.0.0.1 only; 0 picks a free one and prints it)
     #[arg(long)]
     pub port: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct LogWriterArgs {
+    /// The log file; stdout must already be open on it (the manager opens it, without
+    /// following links)
+    #[arg(long, value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// The program and its arguments
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]

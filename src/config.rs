@@ -312,6 +312,7 @@ impl Registry {
             validate_daemon(&name, &daemon, &located)?;
             daemons.insert(name.into_inner(), daemon);
         }
+        check_ports(manager_port, &daemons, &located)?;
         Ok(Registry {
             file: file.to_owned(),
             source,
@@ -471,6 +472,43 @@ impl Registry {
             host_secret: None,
         })
     }
+}
+
+/// Every daemon mcpsm starts listens on a port of its own, which is not the manager's.
+fn check_ports(
+    manager_port: u16,
+    daemons: &BTreeMap<String, Spanned<RawDaemon>>,
+    located: &impl Fn(Range<usize>, String, Option<String>) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let mut ports: Vec<(&str, &Spanned<u16>)> = daemons
+        .iter()
+        .filter(|(_, daemon)| daemon.get_ref().command.is_some())
+        .filter_map(|(name, daemon)| Some((name.as_str(), daemon.get_ref().port.as_ref()?)))
+        .collect();
+    // In file order, so the error points at the later of two daemons.
+    ports.sort_by_key(|(_, port)| port.span().start);
+    for (i, (name, port)) in ports.iter().enumerate() {
+        let number = *port.get_ref();
+        if number == manager_port {
+            return Err(located(
+                port.span(),
+                format!("daemon `{name}` uses port {number}, which is the manager's port"),
+                Some(format!(
+                    "give daemon `{name}` another `port`, or move the manager with `[manager] port`"
+                )),
+            ));
+        }
+        if let Some((first, _)) = ports[..i].iter().find(|(_, p)| *p.get_ref() == number) {
+            return Err(located(
+                port.span(),
+                format!("daemon `{name}` uses port {number}, which daemon `{first}` already uses"),
+                Some(format!(
+                    "give daemon `{name}` another `port`: every daemon mcpsm starts needs its own"
+                )),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_daemon(

@@ -44,9 +44,7 @@ pub async fn serve(
         .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
         .layer(axum::middleware::from_fn(loopback_only))
         .with_state(demo);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop)
-        .await
+    crate::serve::serve(listener, router, stop).await
 }
 
 async fn loopback_only(request: Request, next: Next) -> Response {

@@ -27,6 +27,7 @@
 //! - [`config`]: the TOML daemon registry, its defaults and validation.
 //! - [`jsonrpc`]: the message envelope: exact bytes plus id and method.
 //! - [`paths`]: where mcpsm keeps its files.
+//! - [`serve`]: how every mcpsm HTTP server accepts connections (TCP_NODELAY, timeouts).
 
 pub mod cli;
 pub mod clients;
@@ -37,5 +38,6 @@ pub mod guard;
 pub mod host;
 pub mod jsonrpc;
 pub mod paths;
+pub mod serve;
 pub mod supervise;
 pub mod transport;

@@ -5,6 +5,7 @@ use clap::Parser;
 use mcpsm::cli::Cli;
 
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse_from(mcpsm::cli::args_from_env());
     // The manager's log is where daemons' lives are told; everything else stays quiet.
     let default_level = match cli.command {
@@ -53,7 +54,29 @@ fn init_logging(level: Option<&str>, default_level: &str) {
 
 /// Output piped into `head` and closed early is not an error.
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error
-        .downcast_ref::<std::io::Error>()
-        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// `mcpsm status | head -1`: `println!` panics when the reader has gone. For every command,
+/// that ends the process quietly with status 0, like any other write to a closed stdout.
+fn quiet_on_closed_stdout() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout")
+            && message.contains(&std::io::Error::from_raw_os_error(libc::EPIPE).to_string())
+        {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
 }

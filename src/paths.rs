@@ -54,7 +54,7 @@ impl Paths {
         self.home.join("logs")
     }
 
-    /// A daemon's stdout and stderr (size-rotated to `NAME.log.1`).
+    /// A daemon's stdout and stderr (rotated as written to `NAME.log.1`, `NAME.log.2`).
     pub fn daemon_log(&self, name: &str) -> PathBuf {
         self.logs_dir().join(format!("{name}.log"))
     }
@@ -83,6 +83,27 @@ impl Paths {
     pub fn manager_token(&self) -> PathBuf {
         self.home.join("manager.token")
     }
+
+    /// Creates the home and its `logs/` directory, mode 0700 whatever the umask (existing
+    /// directories are left as they are).
+    pub fn create_dirs(&self) -> std::io::Result<()> {
+        create_private_dir(&self.home)?;
+        create_private_dir(&self.logs_dir())
+    }
+}
+
+/// Creates `dir` (and missing parents) with mode 0700; the mode is set explicitly on `dir`
+/// itself, so neither a lax nor a strict umask changes it. An existing `dir` is left alone.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// `$HOME`, if set and not empty.

@@ -38,7 +38,6 @@ enum Level {
 /// What `--fix` can do about a finding.
 #[derive(Debug, Clone)]
 enum Fix {
-    RemoveFile(PathBuf),
     MakePrivate(PathBuf),
     ForgetDaemons(Vec<String>),
 }
@@ -409,25 +408,8 @@ fn check_state(settings: &Settings, manager_running: bool, findings: &mut Findin
             );
         }
     }
-    for lock in [paths.manager_lock(), paths.manager_start_lock()] {
-        if !lock.exists() {
-            continue;
-        }
-        let held = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&lock)
-            .map(|file| fd_lock::RwLock::new(file).try_write().is_err())
-            .unwrap_or(false);
-        if !held && !manager_running {
-            findings.fixable(
-                Level::Warn,
-                "locks",
-                format!("stale lock file {}: no process holds it", lock.display()),
-                "harmless, but `mcpsm doctor --fix` removes it".into(),
-                Fix::RemoveFile(lock),
-            );
-        }
-    }
+    // `manager.lock` and `manager.start.lock` are not reported: they are locked while in use
+    // and stay on disk after a clean stop, by design, so an unheld one is no leftover.
 }
 
 fn check_logs(settings: &Settings, findings: &mut Findings) {
@@ -564,9 +546,6 @@ fn apply_fixes(findings: &mut Findings) {
             continue;
         };
         let result = match &fix {
-            Fix::RemoveFile(path) => {
-                std::fs::remove_file(path).map(|()| format!("removed {}", path.display()))
-            }
             Fix::MakePrivate(path) => {
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                     .map(|()| format!("{} is now mode 600", path.display()))

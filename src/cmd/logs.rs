@@ -13,6 +13,10 @@ use crate::supervise::logs;
 
 pub async fn run(args: LogsArgs, settings: Settings) -> anyhow::Result<ExitCode> {
     let path = settings.paths.daemon_log(&args.name);
+    if path.is_symlink() {
+        // Never read through a link planted in place of a log.
+        logs::open_log_for_reading(&path)?;
+    }
     if !path.exists() {
         // An unknown name gets the registry's answer (with a suggestion).
         settings.registry()?.daemon(&args.name)?;
@@ -36,7 +40,7 @@ pub async fn run(args: LogsArgs, settings: Settings) -> anyhow::Result<ExitCode>
     let mut offset = std::fs::metadata(&path).map_or(0, |m| m.len());
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let Ok(mut file) = std::fs::File::open(&path) else {
+        let Ok(mut file) = logs::open_log_for_reading(&path) else {
             continue;
         };
         let len = file.metadata().map_or(0, |m| m.len());

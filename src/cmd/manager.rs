@@ -1,12 +1,12 @@
 //! `mcpsm manager [--detach]` and `mcpsm manager stop`: the process that owns the daemons, and
 //! its loopback HTTP API.
 //!
-//! API (JSON in and out; `{"name": "NAME"}` bodies where a daemon is meant):
-//! `GET /ping`, `GET /status`, `GET /logs/NAME?tail=N` (text), and with
-//! `Authorization: Bearer <manager.token>`: `POST /start`, `/stop`, `/restart`, `/ensure`,
-//! `/start-all`, `/stop-all`, `/shutdown`. It binds 127.0.0.1 only and answers 403 to a
-//! `Host` that is not loopback or an `Origin` from elsewhere (DNS rebinding), 401 to a
-//! mutating request without the token, 413 to a body over 16 KiB.
+//! API (JSON in and out; `{"name": "NAME"}` bodies where a daemon is meant): `GET /ping`,
+//! and with `Authorization: Bearer <manager.token>`: `GET /status`, `GET /logs/NAME?tail=N`
+//! (text), `POST /start`, `/stop`, `/restart`, `/ensure`, `/start-all`, `/stop-all`,
+//! `/shutdown`. It binds 127.0.0.1 only and answers 403 to a `Host` that is not loopback or
+//! an `Origin` from elsewhere (DNS rebinding), 401 to any request but `/ping` without the
+//! token, 413 to a body over 16 KiB.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use super::Settings;
 use crate::cli::{ManagerAction, ManagerArgs};
 use crate::paths::Paths;
-use crate::supervise::client::{ClientError, ManagerClient};
+use crate::supervise::client::{self, ClientError, ManagerClient};
 use crate::supervise::daemon::{unix_now, Context};
 use crate::supervise::manager::{Manager, ManagerError};
 use crate::supervise::state::{ManagerState, StateFile};
@@ -60,15 +60,15 @@ async fn detach(settings: &Settings, port: u16) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    std::fs::create_dir_all(paths.logs_dir())
+    if let Some(running) = client::manager_on_other_port(paths, port) {
+        anyhow::bail!("{}", client::moved_message(paths, &running, port));
+    }
+    paths
+        .create_dirs()
         .with_context(|| format!("creating {}", paths.logs_dir().display()))?;
     let log_path = paths.manager_log();
     let _ = logs::rotate_if_large(&log_path, logs::MAX_LOG_BYTES);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
+    let log = logs::open_log(&log_path)?;
     let exe = std::env::current_exe().context("finding the mcpsm binary")?;
     let mut command = std::process::Command::new(exe);
     if settings.registry_explicit {
@@ -113,6 +113,8 @@ async fn detach(settings: &Settings, port: u16) -> anyhow::Result<ExitCode> {
 
 /// `mcpsm manager stop`: stops every daemon and the manager.
 async fn stop(settings: &Settings, port: u16) -> anyhow::Result<ExitCode> {
+    // A manager still on the port the registry had when it started is this home's manager.
+    let port = client::manager_on_other_port(&settings.paths, port).map_or(port, |m| m.port);
     let client = ManagerClient::new(&settings.paths, port);
     match client.action("shutdown").await {
         Ok(_) => {}
@@ -146,7 +148,8 @@ struct App {
 /// manager to adopt) or `POST /shutdown` (daemons are stopped).
 async fn serve(settings: Settings, port: u16) -> anyhow::Result<ExitCode> {
     let paths = settings.paths.clone();
-    std::fs::create_dir_all(paths.logs_dir())
+    paths
+        .create_dirs()
         .with_context(|| format!("creating {}", paths.logs_dir().display()))?;
     let lock_path = paths.manager_lock();
     let lock_file = std::fs::OpenOptions::new()
@@ -232,8 +235,7 @@ async fn serve(settings: Settings, port: u16) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    axum::serve(listener, router(app.clone()))
-        .with_graceful_shutdown(signals)
+    crate::serve::serve(listener, router(app.clone()), signals)
         .await
         .context("serving the manager API")?;
     // After /shutdown the daemons are stopped already; after a signal they keep running.
@@ -269,8 +271,8 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
     if let Err(why) = crate::guard::check_loopback(request.headers()) {
         return error(StatusCode::FORBIDDEN, why);
     }
-    if request.method() == Method::POST
-        && !crate::guard::bearer_matches(request.headers(), &app.token)
+    // Only /ping is open: it says nothing but who runs. Status and logs may hold secrets.
+    if request.uri().path() != "/ping" && !crate::guard::bearer_matches(request.headers(), &app.token)
     {
         return error(
             StatusCode::UNAUTHORIZED,

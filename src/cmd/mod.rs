@@ -57,11 +57,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Proxy(args) => proxy::run(args, cli.registry).await,
         Command::StdioHost(args) => host::run(args).await,
+        Command::LogWriter(args) => {
+            Ok(crate::supervise::log_writer::run(&args.file, &args.command))
+        }
         Command::DemoServer(args) => demo_server::run(args).await,
         Command::Demo => demo::run().await,
         Command::Completions(args) => {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(args.shell, &mut command, "mcpsm", &mut std::io::stdout());
+            // Into a buffer first: clap_complete panics on a write error (a closed stdout).
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut command, "mcpsm", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
             Ok(ExitCode::SUCCESS)
         }
         command => {
@@ -69,6 +75,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match command {
                 Command::Proxy(_)
                 | Command::StdioHost(_)
+                | Command::LogWriter(_)
                 | Command::DemoServer(_)
                 | Command::Demo
                 | Command::Completions(_) => {

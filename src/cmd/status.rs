@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use super::Settings;
 use crate::cli::StatusArgs;
 use crate::supervise::client::{ClientError, ManagerClient};
-use crate::supervise::daemon::DaemonStatus;
+use crate::supervise::daemon::{DaemonState, DaemonStatus};
+use crate::supervise::process;
+use crate::supervise::state::ManagerState;
 
 pub async fn run(args: StatusArgs, settings: Settings) -> anyhow::Result<ExitCode> {
     let registry = settings.registry()?;
@@ -18,12 +20,30 @@ pub async fn run(args: StatusArgs, settings: Settings) -> anyhow::Result<ExitCod
                 return Ok(ExitCode::SUCCESS);
             }
             println!("manager: not running (127.0.0.1:{port}); it starts with the first proxy, or `mcpsm manager --detach`");
+            // Daemons outlive a killed manager: manager.json says which still run.
+            let state = ManagerState::read(&settings.paths.manager_state()).unwrap_or_default();
             let statuses: Vec<DaemonStatus> = registry
                 .names()
                 .filter_map(|name| registry.daemon(name).ok())
-                .map(|spec| DaemonStatus::new(&spec, &settings.paths))
+                .map(|spec| {
+                    let mut status = DaemonStatus::new(&spec, &settings.paths);
+                    if let Some(record) = state.daemons.get(&spec.name).filter(|r| {
+                        process::is_alive(r.pid) && process::start_time(r.pid) == Some(r.start_time)
+                    }) {
+                        status.state = DaemonState::Ready;
+                        status.pid = Some(record.pid);
+                        status.started_at = Some(record.started_at);
+                        status.restarts = record.restarts;
+                    }
+                    status.with_uptime()
+                })
                 .collect();
             print_table(&statuses);
+            if statuses.iter().any(|s| s.pid.is_some()) {
+                println!(
+                    "(daemons with a pid run without a manager; the next manager adopts them)"
+                );
+            }
             return Ok(ExitCode::SUCCESS);
         }
         Err(e) => return Err(e.into()),

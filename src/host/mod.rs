@@ -203,8 +203,7 @@ pub async fn run(
             stopping.cancel();
         })
     };
-    let serve =
-        axum::serve(listener, router).with_graceful_shutdown(stopping.clone().cancelled_owned());
+    let serve = crate::serve::serve(listener, router, stopping.clone().cancelled_owned());
     let served = tokio::select! {
         served = serve => served,
         // Connections that outlive their streams do not hold the stop up.

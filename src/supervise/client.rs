@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use super::daemon::DaemonStatus;
 use super::logs;
 use super::manager::{ManagerInfo, StatusReport};
+use super::state::ManagerState;
 use crate::paths::Paths;
 
 /// How long a new manager may take to answer `/ping`.
@@ -52,6 +53,9 @@ impl ManagerClient {
             .no_proxy()
             .tls_certs_only([])
             .connect_timeout(Duration::from_secs(2))
+            // Below the manager's idle timeout (crate::serve::IDLE_TIMEOUT): the client closes
+            // an idle connection before the server would, so no request races that close.
+            .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_default();
         ManagerClient {
@@ -89,13 +93,16 @@ impl ManagerClient {
     }
 
     pub async fn status(&self) -> Result<StatusReport, ClientError> {
-        self.call(self.http.get(self.url("/status"))).await
+        let request = self.authorized(self.http.get(self.url("/status")))?;
+        self.call(request).await
     }
 
     pub async fn logs(&self, name: &str, tail: usize) -> Result<String, ClientError> {
         let response = self
-            .http
-            .get(self.url(&format!("/logs/{name}?tail={tail}")))
+            .authorized(
+                self.http
+                    .get(self.url(&format!("/logs/{name}?tail={tail}"))),
+            )?
             .send()
             .await
             .map_err(|e| self.http_error(&e))?;
@@ -124,20 +131,36 @@ impl ManagerClient {
         self.call(request).await
     }
 
+    /// Adds `Authorization: Bearer <manager.token>`: every endpoint but `/ping` needs it.
+    fn authorized(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, ClientError> {
+        let token = match std::fs::read_to_string(&self.token_path) {
+            Ok(token) => token,
+            // No manager ever ran in this home: the request finds none (or gets a 401 from
+            // another home's manager on this port, which names the token it wants).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(request),
+            Err(e) => {
+                return Err(ClientError::Http {
+                    port: self.port,
+                    cause: format!(
+                        "cannot read the manager token {}: {e}\nhint: run mcpsm as the user that started the manager, with the same MCPSM_HOME",
+                        self.token_path.display()
+                    ),
+                })
+            }
+        };
+        Ok(request.header(AUTHORIZATION, format!("Bearer {}", token.trim())))
+    }
+
     fn post(&self, action: &str, body: &Value) -> Result<reqwest::RequestBuilder, ClientError> {
-        let token = std::fs::read_to_string(&self.token_path).map_err(|e| ClientError::Http {
-            port: self.port,
-            cause: format!(
-                "cannot read the manager token {}: {e}",
-                self.token_path.display()
-            ),
-        })?;
-        Ok(self
+        let request = self
             .http
             .post(self.url(&format!("/{action}")))
-            .header(AUTHORIZATION, format!("Bearer {}", token.trim()))
             .header(CONTENT_TYPE, "application/json")
-            .body(body.to_string()))
+            .body(body.to_string());
+        self.authorized(request)
     }
 
     async fn call<T: DeserializeOwned>(
@@ -191,8 +214,14 @@ pub async fn connect_or_start(
         Err(ClientError::NotRunning { .. }) => {}
         Err(e) => return Err(e),
     }
-    std::fs::create_dir_all(paths.home()).map_err(|e| {
-        ClientError::Start(format!("cannot create {}: {e}", paths.home().display()))
+    if let Some(running) = manager_on_other_port(paths, port) {
+        return Err(ClientError::Start(moved_message(paths, &running, port)));
+    }
+    paths.create_dirs().map_err(|e| {
+        ClientError::Start(format!(
+            "cannot create {}: {e}\nhint: check that its parent directory is writable, or set MCPSM_HOME to a directory you own",
+            paths.logs_dir().display()
+        ))
     })?;
     let lock_path = paths.manager_start_lock();
     let lock_file = std::fs::OpenOptions::new()
@@ -227,6 +256,36 @@ pub async fn connect_or_start(
     }
     start_detached(paths, registry).await?;
     Ok(client)
+}
+
+/// The manager of this home, when it runs on another port than `port`: the registry's
+/// `[manager] port` was edited while it ran. Known from `manager.json` and `manager.lock`
+/// (held by a live manager), so no request to any port is needed.
+pub fn manager_on_other_port(paths: &Paths, port: u16) -> Option<ManagerState> {
+    let state = ManagerState::read(&paths.manager_state())?;
+    if state.port == port || !super::process::is_alive(state.pid) {
+        return None;
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(paths.manager_lock())
+        .ok()?;
+    let mut lock = fd_lock::RwLock::new(file);
+    let held = lock.try_write().is_err();
+    held.then_some(state)
+}
+
+/// What to say when the manager runs on another port than the registry's.
+pub fn moved_message(paths: &Paths, running: &ManagerState, port: u16) -> String {
+    format!(
+        "the mcpsm manager of {} runs on 127.0.0.1:{} (pid {}), but the registry now says `[manager] port = {port}`\n\
+         hint: restart the manager to move it: `kill {}` (its daemons keep running; the next proxy or `mcpsm start` starts a manager on port {port}, which adopts them), or `mcpsm manager stop` (stops its daemons too); or set `port = {}` back",
+        paths.home().display(),
+        running.port,
+        running.pid,
+        running.pid,
+        running.port
+    )
 }
 
 /// Runs `mcpsm manager --detach` and waits for it: it returns once the manager answers.

@@ -210,6 +210,7 @@ impl DaemonHandle {
         let (status_tx, status_rx) = watch::channel(status);
         let mut actor = Actor {
             log: context.paths.daemon_log(&spec.name),
+            log_start: 0,
             spec,
             context,
             status: status_tx,
@@ -312,6 +313,8 @@ enum Event {
 struct Actor {
     spec: DaemonSpec,
     log: PathBuf,
+    /// Where the current run's output starts in `log`.
+    log_start: u64,
     context: Arc<Context>,
     status: watch::Sender<DaemonStatus>,
     commands: mpsc::Receiver<Command>,
@@ -482,7 +485,6 @@ impl Actor {
             warn!(daemon = %self.spec.name, "{error}");
             return self.publish(DaemonState::Failed, Some(Some(error)));
         }
-        let _ = logs::rotate_if_large(&self.log, logs::MAX_LOG_BYTES);
         let launch = match stdio_host_launch(&self.spec, launch) {
             Ok(launch) => launch,
             Err(e) => {
@@ -490,6 +492,7 @@ impl Actor {
                 return self.publish(DaemonState::Failed, Some(Some(e.to_string())));
             }
         };
+        self.log_start = logs::end_of(&self.log);
         let child = match process::spawn_daemon(&launch, &self.log) {
             Ok(child) => child,
             Err(e) => {
@@ -567,7 +570,7 @@ impl Actor {
         let error = format!(
             "daemon \"{}\" (pid {pid}) {how}; {}",
             self.spec.name,
-            logs::tail_for_message(&self.log, LOG_TAIL_LINES)
+            logs::run_tail_for_message(&self.log, self.log_start, LOG_TAIL_LINES)
         );
         self.fail_attempt(error).await;
     }
@@ -580,7 +583,6 @@ impl Actor {
                 self.spawn().await;
             }
             Timer::Health => {
-                let _ = logs::rotate_if_large(&self.log, logs::MAX_LOG_BYTES);
                 let spec = self.spec.clone();
                 self.probe = Some(tokio::spawn(
                     async move { probe(&spec, PROBE_TIMEOUT).await },
@@ -604,7 +606,7 @@ impl Actor {
                     "daemon \"{}\" did not become ready within {:?}: {why}; {}\nhint: if it is just slow, raise its `startup-timeout` ({})",
                     self.spec.name,
                     self.spec.startup_timeout,
-                    logs::tail_for_message(&self.log, LOG_TAIL_LINES),
+                    logs::run_tail_for_message(&self.log, self.log_start, LOG_TAIL_LINES),
                     self.spec.defined_at
                 );
                 warn!(daemon = %self.spec.name, "{error}");

@@ -1,42 +1,245 @@
-//! Daemon log files: size rotation and tails.
+//! Log files: opening them safely, size rotation as they are written, and tails.
 //!
-//! A daemon writes straight into `logs/NAME.log` (opened in append mode), so it keeps logging
-//! when the manager is gone. Rotation therefore copies the file to `NAME.log.1` and truncates
-//! it in place (a writer in append mode continues at the new end); a few lines written during
-//! the copy may be lost, which is the usual copytruncate trade.
+//! A daemon's stdout and stderr go through a pipe to `mcpsm log-writer` ([`super::log_writer`]),
+//! which appends to `logs/NAME.log` and rotates it as it writes: past [`MAX_LOG_BYTES`] the
+//! file becomes `NAME.log.1` (the older ones shift to `.2`, …) and a new one is started, so a
+//! daemon never has more than `MAX_LOG_BYTES × (1 + ROTATED_LOGS)` on disk ([`LOG_CAP_BYTES`]),
+//! however fast it writes and whether or not a manager runs.
+//!
+//! Log files are opened without following symbolic links (a link is refused with an error that
+//! names it) and are made mode 0600 whatever the umask: they may hold secrets.
 
-use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
-/// Rotate a log once it passes this size.
+/// A log file is rotated once it reaches this size.
 pub const MAX_LOG_BYTES: u64 = 10 * 1024 * 1024;
+/// Rotated files kept next to the current one (`NAME.log.1` … `NAME.log.N`).
+pub const ROTATED_LOGS: u32 = 2;
+/// The most one daemon's logs take on disk.
+pub const LOG_CAP_BYTES: u64 = MAX_LOG_BYTES * (1 + ROTATED_LOGS as u64);
 
-/// Copies `path` to `path.1` and truncates it, when it is larger than `max_bytes`.
-pub fn rotate_if_large(path: &Path, max_bytes: u64) -> std::io::Result<bool> {
-    let Ok(meta) = std::fs::metadata(path) else {
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{} is a symbolic link; mcpsm does not write or read logs through links\nhint: remove the link (`rm {}`); mcpsm creates a regular file in its place", path.display(), path.display())]
+    Link { path: PathBuf },
+    #[error("{} is not a regular file\nhint: remove it; mcpsm creates a regular file in its place", path.display())]
+    NotAFile { path: PathBuf },
+    #[error("cannot open the log file {}: {cause}\nhint: check that {} is writable by this user", path.display(), path.parent().unwrap_or(path).display())]
+    Open { path: PathBuf, cause: io::Error },
+}
+
+/// Opens `path` for appending, creating it 0600; refuses a symbolic link or a non-file.
+pub fn open_log(path: &Path) -> Result<File, LogError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|cause| opening_failed(path, cause))?;
+    let meta = regular_file(path, &file)?;
+    // The umask may have made it anything narrower, or someone else wider.
+    if meta.permissions().mode() & 0o777 != 0o600 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|cause| opening_failed(path, cause))?;
+    }
+    Ok(file)
+}
+
+/// Opens `path` for reading without following a link.
+pub fn open_log_for_reading(path: &Path) -> Result<File, LogError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|cause| opening_failed(path, cause))?;
+    regular_file(path, &file)?;
+    Ok(file)
+}
+
+fn opening_failed(path: &Path, cause: io::Error) -> LogError {
+    if cause.raw_os_error() == Some(libc::ELOOP) {
+        LogError::Link {
+            path: path.to_path_buf(),
+        }
+    } else {
+        LogError::Open {
+            path: path.to_path_buf(),
+            cause,
+        }
+    }
+}
+
+/// The metadata of `file` (open on `path`), which must be a regular file.
+fn regular_file(path: &Path, file: &File) -> Result<std::fs::Metadata, LogError> {
+    let meta = file
+        .metadata()
+        .map_err(|cause| opening_failed(path, cause))?;
+    if !meta.is_file() {
+        return Err(LogError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(meta)
+}
+
+/// `path.N`.
+fn numbered(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// Shifts `path.1` … to `path.2` …, dropping the oldest beyond `keep`, and renames `path` to
+/// `path.1`. Renames never follow links, so a planted link is moved, not written through.
+pub fn rotate(path: &Path, keep: u32) -> io::Result<()> {
+    if keep == 0 {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    for n in (1..keep).rev() {
+        match std::fs::rename(numbered(path, n), numbered(path, n + 1)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    std::fs::rename(path, numbered(path, 1))
+}
+
+/// Rotates `path` when it is larger than `max_bytes` (the detached manager's own log, at
+/// start).
+pub fn rotate_if_large(path: &Path, max_bytes: u64) -> io::Result<bool> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(false);
     };
     if meta.len() <= max_bytes {
         return Ok(false);
     }
-    let mut rotated = path.as_os_str().to_owned();
-    rotated.push(".1");
-    std::fs::copy(path, &rotated)?;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)?
-        .set_len(0)?;
+    rotate(path, ROTATED_LOGS)?;
     Ok(true)
 }
 
-/// The last `lines` lines of `path` (reading at most its last 64 KiB).
+/// A log file that rotates itself as it is written. If another writer rotated or removed
+/// the file, the next write goes to the file now at `path`.
+pub struct RotatingLog {
+    path: PathBuf,
+    file: Option<File>,
+    max_bytes: u64,
+    keep: u32,
+    /// The last reopening error, reported once.
+    failed: Option<String>,
+}
+
+impl RotatingLog {
+    /// Writes to `file`, already open on `path`.
+    pub fn new(path: PathBuf, file: File, max_bytes: u64, keep: u32) -> RotatingLog {
+        RotatingLog {
+            path,
+            file: Some(file),
+            max_bytes: max_bytes.max(1),
+            keep,
+            failed: None,
+        }
+    }
+
+    /// The file at `path` if it is still the one open, else a newly opened one.
+    fn current(&mut self) -> Option<&mut File> {
+        let still_there = match (&self.file, std::fs::symlink_metadata(&self.path)) {
+            (Some(file), Ok(on_disk)) => file
+                .metadata()
+                .is_ok_and(|open| open.dev() == on_disk.dev() && open.ino() == on_disk.ino()),
+            _ => false,
+        };
+        if !still_there {
+            match open_log(&self.path) {
+                Ok(file) => {
+                    self.file = Some(file);
+                    self.failed = None;
+                }
+                Err(e) => {
+                    // Nowhere safe to write: drop output rather than write through a link.
+                    if self.failed.is_none() {
+                        eprintln!("mcpsm log-writer: {e}");
+                    }
+                    self.failed = Some(e.to_string());
+                    self.file = None;
+                }
+            }
+        }
+        self.file.as_mut()
+    }
+
+    /// Appends `data`, rotating before the file would pass `max_bytes` (at a line end when
+    /// one is near).
+    pub fn write(&mut self, mut data: &[u8]) {
+        // Each pass writes or rotates; a bound keeps a confused file system from looping.
+        let limit = 2 + data.len() as u64 / self.max_bytes;
+        let mut rotations = 0;
+        while !data.is_empty() {
+            let max_bytes = self.max_bytes;
+            let Some(file) = self.current() else { return };
+            let size = file.metadata().map_or(0, |m| m.len());
+            if size >= max_bytes {
+                rotations += 1;
+                if rotations > limit || rotate(&self.path, self.keep).is_err() {
+                    // Cannot rotate (a read-only directory?): drop rather than grow past the cap.
+                    return;
+                }
+                self.file = None;
+                continue;
+            }
+            let room = usize::try_from(max_bytes - size).unwrap_or(usize::MAX);
+            let mut take = data.len().min(room);
+            if take < data.len() {
+                // Cut after the last full line that fits, unless that wastes half the room.
+                if let Some(end) = memchr::memrchr(b'\n', &data[..take]) {
+                    if end + 1 >= take / 2 {
+                        take = end + 1;
+                    }
+                }
+            }
+            if file.write_all(&data[..take]).is_err() {
+                return;
+            }
+            data = &data[take..];
+            if !data.is_empty() {
+                // What is left goes to a new file.
+                rotations += 1;
+                if rotations > limit || rotate(&self.path, self.keep).is_err() {
+                    return;
+                }
+                self.file = None;
+            }
+        }
+    }
+}
+
+/// The last `lines` lines of `path` (reading at most its last 64 KiB); nothing when it is
+/// missing or a link.
 pub fn tail(path: &Path, lines: usize) -> Vec<String> {
+    tail_since(path, 0, lines)
+}
+
+/// The size of `path` now (0 when missing): where what is written next starts.
+pub fn end_of(path: &Path) -> u64 {
+    std::fs::symlink_metadata(path).map_or(0, |m| m.len())
+}
+
+/// [`tail`] of what was written at or after byte `since` (from [`end_of`]); the whole file
+/// when it was rotated since (it is shorter than `since`).
+pub fn tail_since(path: &Path, since: u64, lines: usize) -> Vec<String> {
     const WINDOW: u64 = 64 * 1024;
-    let Ok(mut file) = std::fs::File::open(path) else {
+    let Ok(mut file) = open_log_for_reading(path) else {
         return Vec::new();
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(WINDOW);
+    let since = if len < since { 0 } else { since };
+    let start = len.saturating_sub(WINDOW).max(since);
     if file.seek(SeekFrom::Start(start)).is_err() {
         return Vec::new();
     }
@@ -46,20 +249,34 @@ pub fn tail(path: &Path, lines: usize) -> Vec<String> {
     }
     let text = String::from_utf8_lossy(&bytes);
     let mut all: Vec<&str> = text.lines().collect();
-    if start > 0 && !all.is_empty() {
+    if start > since && !all.is_empty() {
         all.remove(0); // a partial first line
     }
     let skip = all.len().saturating_sub(lines);
     all[skip..].iter().map(|l| (*l).to_owned()).collect()
 }
 
-/// `tail` formatted for an error message: "last log lines (FILE):\n  …", or nothing.
+/// `tail` formatted for an error message: "last lines of FILE:\n  …", or that it is empty.
 pub fn tail_for_message(path: &Path, lines: usize) -> String {
     let tail = tail(path, lines);
     if tail.is_empty() {
         return format!("(its log {} is empty)", path.display());
     }
     format!("last lines of {}:\n  {}", path.display(), tail.join("\n  "))
+}
+
+/// What one run of a daemon wrote (from byte `since`), for an error message: earlier runs'
+/// output is not repeated.
+pub fn run_tail_for_message(path: &Path, since: u64, lines: usize) -> String {
+    let tail = tail_since(path, since, lines);
+    if tail.is_empty() {
+        return format!("it wrote nothing to its log {}", path.display());
+    }
+    format!(
+        "its last output (in {}):\n  {}",
+        path.display(),
+        tail.join("\n  ")
+    )
 }
 
 #[cfg(test)]
@@ -76,19 +293,87 @@ mod tests {
         assert!(tail(&dir.path().join("missing.log"), 3).is_empty());
     }
 
+    fn sizes(dir: &Path) -> Vec<(String, u64)> {
+        let mut all: Vec<(String, u64)> = std::fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| {
+                let e = e.expect("entry");
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().expect("meta").len(),
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
     #[test]
-    fn rotation_keeps_one_old_file_and_truncates_in_place() {
+    fn writing_rotates_at_the_size_and_keeps_the_cap() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("a.log");
-        std::fs::write(&path, "x".repeat(100)).expect("write");
-        assert!(!rotate_if_large(&path, 1000).expect("rotate"));
-        assert!(rotate_if_large(&path, 10).expect("rotate"));
-        assert_eq!(std::fs::metadata(&path).expect("meta").len(), 0);
+        let file = open_log(&path).expect("open");
+        let mut log = RotatingLog::new(path.clone(), file, 100, 2);
+        for i in 0..100 {
+            log.write(format!("line {i:04}\n").as_bytes()); // 10 bytes each
+        }
+        let all = sizes(dir.path());
+        let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a.log", "a.log.1", "a.log.2"], "{all:?}");
+        assert!(all.iter().all(|(_, len)| *len <= 100), "{all:?}");
+        let newest = std::fs::read_to_string(&path).expect("read");
+        assert!(newest.ends_with("line 0099\n"), "{newest}");
+        assert!(
+            newest.starts_with("line "),
+            "rotated at a line end: {newest}"
+        );
+    }
+
+    #[test]
+    fn a_chunk_larger_than_the_limit_is_split_across_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.log");
+        let file = open_log(&path).expect("open");
+        let mut log = RotatingLog::new(path.clone(), file, 10, 3);
+        log.write(&[b'x'; 25]);
+        let all = sizes(dir.path());
         assert_eq!(
-            std::fs::read(dir.path().join("a.log.1"))
-                .expect("old")
-                .len(),
-            100
+            all,
+            [
+                ("a.log".to_owned(), 5),
+                ("a.log.1".to_owned(), 10),
+                ("a.log.2".to_owned(), 10)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_link_is_refused_and_never_written_through() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("target");
+        std::fs::write(&target, "precious\n").expect("write");
+        let path = dir.path().join("a.log");
+        std::os::unix::fs::symlink(&target, &path).expect("symlink");
+        let error = open_log(&path).expect_err("a link is refused");
+        assert!(matches!(error, LogError::Link { .. }), "{error}");
+        assert!(error.to_string().contains("hint:"), "{error}");
+        assert!(tail(&path, 5).is_empty(), "not read through either");
+        assert_eq!(
+            std::fs::read_to_string(&target).expect("read"),
+            "precious\n"
+        );
+    }
+
+    #[test]
+    fn logs_are_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, "").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let file = open_log(&path).expect("open");
+        assert_eq!(
+            file.metadata().expect("meta").permissions().mode() & 0o777,
+            0o600
         );
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod log_writer;
 pub mod logs;
 pub mod manager;
 pub mod probe;

@@ -2,13 +2,13 @@
 //! what Linux's /proc says about a pid or a port.
 //!
 //! A daemon runs in a session and process group of its own (`setsid`), with stdin from
-//! /dev/null, stdout and stderr appended to its log file, and no other inherited descriptor, so
+//! /dev/null, stdout and stderr through `mcpsm log-writer` into its log file, and no other
+//! inherited descriptor, so
 //! no client's signal, terminal or pipe can reach it. Stopping it means SIGTERM to the group,
 //! a grace period, SIGKILL to the group, until no live member of the group is left: a server
 //! started through `npx` or `sh` leaves no grandchild behind.
 
 use std::ffi::OsStr;
-use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -25,8 +25,10 @@ pub enum SpawnError {
     NotExecutable { path: PathBuf },
     #[error("working directory {} does not exist\nhint: fix `cwd` in the registry", path.display())]
     NoCwd { path: PathBuf },
-    #[error("cannot open the log file {}: {cause}", path.display())]
-    Log { path: PathBuf, cause: io::Error },
+    #[error("{0}")]
+    Log(#[from] super::logs::LogError),
+    #[error("cannot create the log directory {}: {cause}\nhint: check that {} is writable by this user", path.display(), path.parent().unwrap_or(path).display())]
+    LogDir { path: PathBuf, cause: io::Error },
     #[error("cannot start `{command}`: {cause}")]
     Spawn { command: String, cause: io::Error },
 }
@@ -70,7 +72,9 @@ fn find_in(command: &str, path: &OsStr, cwd: Option<&Path>) -> Result<PathBuf, S
     })
 }
 
-/// Starts a daemon in its own session with its output appended to `log`.
+/// Starts a daemon in its own session with its output appended to `log`, rotated as it is
+/// written: the process started is `mcpsm log-writer`, which runs the daemon's command (see
+/// [`super::log_writer`]); its pid is the daemon's pid for the rest of mcpsm.
 pub fn spawn_daemon(launch: &Launch, log: &Path) -> Result<tokio::process::Child, SpawnError> {
     if let Some(cwd) = &launch.cwd {
         if !cwd.is_dir() {
@@ -78,21 +82,31 @@ pub fn spawn_daemon(launch: &Launch, log: &Path) -> Result<tokio::process::Child
         }
     }
     let program = find_program(&launch.command, launch.cwd.as_deref())?;
-    let log_error = |cause| SpawnError::Log {
-        path: log.to_path_buf(),
-        cause,
-    };
     if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).map_err(log_error)?;
+        crate::paths::create_private_dir(dir).map_err(|cause| SpawnError::LogDir {
+            path: dir.to_path_buf(),
+            cause,
+        })?;
     }
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(log_error)?;
-    let err = out.try_clone().map_err(log_error)?;
-    let mut command = tokio::process::Command::new(&program);
+    let out = super::logs::open_log(log)?;
+    // The log-writer's own complaints (a log it cannot reopen) go to the log too.
+    let err = out.try_clone().map_err(|cause| {
+        SpawnError::Log(super::logs::LogError::Open {
+            path: log.to_path_buf(),
+            cause,
+        })
+    })?;
+    let exe = std::env::current_exe().map_err(|cause| SpawnError::Spawn {
+        command: "mcpsm log-writer".to_owned(),
+        cause,
+    })?;
+    let mut command = tokio::process::Command::new(exe);
     command
+        .arg("log-writer")
+        .arg("--file")
+        .arg(log)
+        .arg("--")
+        .arg(&program)
         .args(&launch.args)
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())

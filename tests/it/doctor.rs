@@ -140,13 +140,10 @@ fn stale_state_and_locks_are_reported_and_fixed() {
         out.contains("warn  state:") && out.contains("ghost"),
         "{out}"
     );
-    assert!(out.contains("warn  locks: stale lock file"), "{out}");
+    // An unheld lock file is how a lock looks when nothing runs: not a finding.
+    assert!(!out.contains("locks"), "{out}");
     let (_, fixed) = doctor(&home, &["--fix"]);
-    assert!(
-        fixed.contains("fixed state:") && fixed.contains("fixed locks:"),
-        "{fixed}"
-    );
-    assert!(!home.path().join("manager.lock").exists());
+    assert!(fixed.contains("fixed state:"), "{fixed}");
     let state = std::fs::read_to_string(home.path().join("manager.json")).expect("state");
     assert!(!state.contains("ghost"), "{state}");
     let (_, after) = doctor(&home, &[]);

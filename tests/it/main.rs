@@ -7,6 +7,7 @@ mod cli;
 mod clients;
 mod doctor;
 mod faults;
+mod hardening;
 mod host;
 mod manager;
 mod real;

@@ -191,7 +191,16 @@ impl ManagedHome {
 
     /// `GET /status` straight from the manager, or None when none answers.
     pub fn api_status(&self) -> Option<Value> {
-        let answer = try_http(self.manager_port, "GET", "/status", &[], "").ok()?;
+        let token = std::fs::read_to_string(self.path().join("manager.token")).ok()?;
+        let token = format!("Bearer {}", token.trim());
+        let answer = try_http(
+            self.manager_port,
+            "GET",
+            "/status",
+            &[("Authorization", &token)],
+            "",
+        )
+        .ok()?;
         (answer.status == 200).then(|| answer.json())
     }
 
@@ -204,6 +213,12 @@ impl ManagedHome {
             .as_u64()
             .and_then(|p| u32::try_from(p).ok())
             .unwrap_or_else(|| panic!("no pid in /ping: {answer:?}"))
+    }
+
+    /// `("Authorization", "Bearer <manager.token>")`, as the value of a header pair.
+    #[track_caller]
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.token())
     }
 
     /// The secret in `manager.token`.
