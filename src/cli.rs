@@ -68,6 +68,7 @@ One manager runs per MCPSM_HOME, on 127.0.0.1:<[manager] port> (default 3199).")
     #[command(after_help = "\
 Examples:
   mcpsm status
+  mcpsm status --verbose                  also each daemon's cwd and environment variable names
   mcpsm status --json | jq '.daemons[] | select(.state != \"ready\")'")]
     Status(StatusArgs),
 
@@ -278,6 +279,9 @@ pub struct StatusArgs {
     /// Print the manager's status report as JSON
     #[arg(long)]
     pub json: bool,
+    /// Also show each daemon's working directory and the names of its environment variables
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 #[derive(Debug, Args)]
@@ -437,6 +441,7 @@ mod readme {
                 .replace("[--dry-run]", "--dry-run")
                 .replace("[--undo]", "--undo")
                 .replace("[--json]", "--json")
+                .replace("[--verbose]", "--verbose")
                 .replace("[--fix]", "--fix")
                 .replace("[-n N]", "-n 5")
                 .replace("[-f]", "-f")

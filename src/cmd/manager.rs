@@ -187,9 +187,11 @@ async fn serve(settings: Settings, port: u16) -> anyhow::Result<ExitCode> {
             daemons: Default::default(),
         },
     ));
-    let context = Arc::new(Context {
-        paths: paths.clone(),
-        state_file: state_file.clone(),
+    let context = Arc::new(Context::new(paths.clone(), state_file.clone()));
+    // The login shell runs while the manager adopts and answers, not on a daemon's first start.
+    let capturing = context.clone();
+    tokio::spawn(async move {
+        capturing.base_environment().await;
     });
     let manager = Manager::new(
         context,

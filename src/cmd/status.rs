@@ -1,4 +1,4 @@
-//! `mcpsm status [--json]`: every daemon of the registry, as the manager sees it.
+//! `mcpsm status [--json] [--verbose]`: every daemon of the registry, as the manager sees it.
 
 use std::process::ExitCode;
 
@@ -23,7 +23,7 @@ pub async fn run(args: StatusArgs, settings: Settings) -> anyhow::Result<ExitCod
                 .filter_map(|name| registry.daemon(name).ok())
                 .map(|spec| DaemonStatus::new(&spec, &settings.paths))
                 .collect();
-            print_table(&statuses);
+            print_table(&statuses, args.verbose);
             return Ok(ExitCode::SUCCESS);
         }
         Err(e) => return Err(e.into()),
@@ -43,11 +43,11 @@ pub async fn run(args: StatusArgs, settings: Settings) -> anyhow::Result<ExitCod
     if let Some(error) = &report.registry_error {
         println!("registry: {error}");
     }
-    print_table(&report.daemons);
+    print_table(&report.daemons, args.verbose);
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_table(daemons: &[DaemonStatus]) {
+fn print_table(daemons: &[DaemonStatus], verbose: bool) {
     if daemons.is_empty() {
         println!("no daemons in the registry");
         return;
@@ -106,12 +106,26 @@ fn print_table(daemons: &[DaemonStatus]) {
             });
             println!("  sessions recovered: {}{ago}", daemon.sessions_recovered);
         }
+        if verbose {
+            print_launch(daemon);
+        }
         if let Some(error) = &daemon.last_error {
             for (i, text) in error.lines().enumerate() {
                 let label = if i == 0 { "  last error: " } else { "    " };
                 println!("{label}{text}");
             }
         }
+    }
+}
+
+/// Where the daemon runs and the names of its variables (values may be secrets).
+fn print_launch(daemon: &DaemonStatus) {
+    match &daemon.cwd {
+        Some(cwd) => println!("  cwd: {cwd}"),
+        None => println!("  cwd: - (not started by this manager yet)"),
+    }
+    if !daemon.env_keys.is_empty() {
+        println!("  env: {}", daemon.env_keys.join(" "));
     }
 }
 

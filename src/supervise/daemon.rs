@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use super::environment::{self, BaseEnvironment};
 use super::logs;
 use super::probe::probe;
 use super::process::{self, Stopped};
@@ -102,6 +103,12 @@ pub struct DaemonStatus {
     /// Unix seconds of the last such recovery.
     #[serde(default)]
     pub last_recovery: Option<u64>,
+    /// The working directory the process was started in (the last start).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// The names of the variables of its environment, sorted; never their values.
+    #[serde(default)]
+    pub env_keys: Vec<String>,
 }
 
 impl DaemonStatus {
@@ -125,6 +132,8 @@ impl DaemonStatus {
             adopted: false,
             sessions_recovered: 0,
             last_recovery: None,
+            cwd: None,
+            env_keys: Vec::new(),
         }
     }
 
@@ -150,6 +159,24 @@ pub struct Adopted {
 pub struct Context {
     pub paths: Paths,
     pub state_file: Arc<StateFile>,
+    /// Captured once, on first use (the manager starts that at once).
+    pub environment: tokio::sync::OnceCell<BaseEnvironment>,
+}
+
+impl Context {
+    pub fn new(paths: Paths, state_file: Arc<StateFile>) -> Context {
+        Context {
+            paths,
+            state_file,
+            environment: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The base environment of every daemon, from the user's login shell (see
+    /// [`super::environment`]).
+    pub async fn base_environment(&self) -> &BaseEnvironment {
+        self.environment.get_or_init(BaseEnvironment::capture).await
+    }
 }
 
 enum Command {
@@ -191,6 +218,8 @@ impl DaemonHandle {
             status.started_at = Some(a.record.started_at);
             status.restarts = a.record.restarts;
             status.adopted = true;
+            status.cwd = process::working_dir(a.record.pid).map(|d| d.display().to_string());
+            status.env_keys = process::environment_keys(a.record.pid).unwrap_or_default();
             Running {
                 process: Process::Adopted,
                 pid: a.record.pid,
@@ -476,6 +505,15 @@ impl Actor {
             return self.publish(DaemonState::Failed, Some(Some(error)));
         }
         let _ = logs::rotate_if_large(&self.log, logs::MAX_LOG_BYTES);
+        let launch = self
+            .context
+            .base_environment()
+            .await
+            .apply(launch, self.context.paths.home());
+        self.status.send_modify(|status| {
+            status.cwd = launch.cwd.as_ref().map(|d| d.display().to_string());
+            status.env_keys = environment::keys_of(&launch.env);
+        });
         let launch = match stdio_host_launch(&self.spec, launch) {
             Ok(launch) => launch,
             Err(e) => {
@@ -661,8 +699,9 @@ fn stdio_host_launch(spec: &DaemonSpec, launch: Launch) -> Result<Launch, proces
     if spec.transport != TransportKind::Stdio {
         return Ok(launch);
     }
-    // Report a missing server command now, by name, rather than from inside the host.
-    let program = process::find_program(&launch.command, launch.cwd.as_deref())?;
+    // Report a missing server command now, by name, rather than from inside the host; the
+    // host passes its environment (the daemon's) on to the server.
+    let program = process::find_program_for(&launch.command, launch.cwd.as_deref(), &launch.env)?;
     let exe = std::env::current_exe().map_err(|cause| process::SpawnError::Spawn {
         command: "mcpsm stdio-host".to_owned(),
         cause,
