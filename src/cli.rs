@@ -143,8 +143,12 @@ Examples:
   mcpsm import                            Claude Code's user-scope servers (~/.claude.json)
   mcpsm import --client codex             ~/.codex/config.toml
   mcpsm import --client cursor --undo     put ~/.cursor/mcp.json back as it was
+  mcpsm import --sharing isolated         one server process per session for every server
 
-A stdio server becomes a shared `transport = \"stdio\"` daemon, a URL server a `url` daemon;
+A stdio server becomes a `transport = \"stdio\"` daemon, a URL server a `url` daemon. Each
+stdio daemon gets a sharing mode, printed with its reason: `isolated` for servers known to
+keep per-session state (sequential-thinking, browser automation), `per-project` for a `.` or
+relative path argument (and mcp-server-git without --repository), else `shared`;
 entries that already run mcpsm's proxy are left alone, so a second run changes nothing. A
 name the registry already uses for another server gets a new name (NAME-2), shown in the
 summary. Both files are written atomically, each with a timestamped backup.")]
@@ -189,6 +193,11 @@ pub struct ImportArgs {
     /// Restore the client's file from its newest mcpsm backup instead of importing
     #[arg(long)]
     pub undo: bool,
+
+    /// The sharing mode of every imported stdio server (shared, per-project or isolated),
+    /// instead of the one import chooses for each
+    #[arg(long, value_parser = parse_sharing, conflicts_with = "undo")]
+    pub sharing: Option<Sharing>,
 }
 
 fn parse_client(text: &str) -> Result<Client, String> {
@@ -440,6 +449,10 @@ mod readme {
                 .replace("[--scope user|local|project]", "--scope user")
                 .replace("[--dry-run]", "--dry-run")
                 .replace("[--undo]", "--undo")
+                .replace(
+                    "[--sharing shared|per-project|isolated]",
+                    "--sharing isolated",
+                )
                 .replace("[--json]", "--json")
                 .replace("[--verbose]", "--verbose")
                 .replace("[--fix]", "--fix")
