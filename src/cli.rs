@@ -68,6 +68,7 @@ One manager runs per MCPSM_HOME, on 127.0.0.1:<[manager] port> (default 3199).")
     #[command(after_help = "\
 Examples:
   mcpsm status
+  mcpsm status --verbose                  also each daemon's cwd and environment variable names
   mcpsm status --json | jq '.daemons[] | select(.state != \"ready\")'")]
     Status(StatusArgs),
 
@@ -147,8 +148,12 @@ Examples:
   mcpsm import                            Claude Code's user-scope servers (~/.claude.json)
   mcpsm import --client codex             ~/.codex/config.toml
   mcpsm import --client cursor --undo     put ~/.cursor/mcp.json back as it was
+  mcpsm import --sharing isolated         one server process per session for every server
 
-A stdio server becomes a shared `transport = \"stdio\"` daemon, a URL server a `url` daemon;
+A stdio server becomes a `transport = \"stdio\"` daemon, a URL server a `url` daemon. Each
+stdio daemon gets a sharing mode, printed with its reason: `isolated` for servers known to
+keep per-session state (sequential-thinking, browser automation), `per-project` for a `.` or
+relative path argument (and mcp-server-git without --repository), else `shared`;
 entries that already run mcpsm's proxy are left alone, so a second run changes nothing. A
 name the registry already uses for another server gets a new name (NAME-2), shown in the
 summary. Both files are written atomically, each with a timestamped backup.")]
@@ -193,6 +198,11 @@ pub struct ImportArgs {
     /// Restore the client's file from its newest mcpsm backup instead of importing
     #[arg(long)]
     pub undo: bool,
+
+    /// The sharing mode of every imported stdio server (shared, per-project or isolated),
+    /// instead of the one import chooses for each
+    #[arg(long, value_parser = parse_sharing, conflicts_with = "undo")]
+    pub sharing: Option<Sharing>,
 }
 
 fn parse_client(text: &str) -> Result<Client, String> {
@@ -307,6 +317,9 @@ pub struct StatusArgs {
     /// Print the manager's status report as JSON
     #[arg(long)]
     pub json: bool,
+    /// Also show each daemon's working directory and the names of its environment variables
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 #[derive(Debug, Args)]
@@ -465,7 +478,12 @@ mod readme {
                 .replace("[--scope user|local|project]", "--scope user")
                 .replace("[--dry-run]", "--dry-run")
                 .replace("[--undo]", "--undo")
+                .replace(
+                    "[--sharing shared|per-project|isolated]",
+                    "--sharing isolated",
+                )
                 .replace("[--json]", "--json")
+                .replace("[--verbose]", "--verbose")
                 .replace("[--fix]", "--fix")
                 .replace("[-n N]", "-n 5")
                 .replace("[-f]", "-f")

@@ -198,7 +198,10 @@ pub struct Registry {
 pub struct Launch {
     pub command: String,
     pub args: Vec<String>,
+    /// The registry's `env`; once the manager applied the base environment
+    /// (`supervise::environment`), the daemon's whole environment.
     pub env: Vec<(String, String)>,
+    /// The registry's `cwd`; once applied, the directory the daemon runs in.
     pub cwd: Option<PathBuf>,
     pub port: u16,
 }

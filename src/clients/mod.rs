@@ -28,6 +28,7 @@
 pub mod files;
 pub mod registry;
 mod server;
+pub mod sharing;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use toml_edit::{DocumentMut, InlineTable, Item, Table};
 
 use super::server::{Remote, Server, Stdio};
-use crate::config::{Registry, DEFAULT_MANAGER_PORT};
+use super::sharing::Choice;
+use crate::config::{Registry, Sharing, DEFAULT_MANAGER_PORT};
 
 /// The first port tried for an imported stdio daemon.
 pub const FIRST_PORT: u16 = 3100;
@@ -198,13 +199,20 @@ impl RegistryFile {
         }
     }
 
-    /// Appends `[daemons.NAME]` for `server`; returns the port given to a stdio daemon.
-    pub fn add(&mut self, name: &str, server: &Server, origin: &str) -> Option<u16> {
+    /// Appends `[daemons.NAME]` for `server` (a stdio one with the `sharing` chosen for it,
+    /// default `shared`); returns the port given to a stdio daemon.
+    pub fn add(
+        &mut self,
+        name: &str,
+        server: &Server,
+        sharing: Option<&Choice>,
+        origin: &str,
+    ) -> Option<u16> {
         let mut table = Table::new();
         let port = match server {
             Server::Stdio(stdio) => {
                 let port = self.next_port();
-                fill_stdio(&mut table, stdio, port);
+                fill_stdio(&mut table, stdio, port, sharing);
                 Some(port)
             }
             Server::Remote(remote) => {
@@ -278,7 +286,7 @@ impl RegistryFile {
     }
 }
 
-fn fill_stdio(table: &mut Table, stdio: &Stdio, port: u16) {
+fn fill_stdio(table: &mut Table, stdio: &Stdio, port: u16, sharing: Option<&Choice>) {
     table.insert("command", toml_edit::value(stdio.command.as_str()));
     if !stdio.args.is_empty() {
         table.insert(
@@ -294,7 +302,16 @@ fn fill_stdio(table: &mut Table, stdio: &Stdio, port: u16) {
     }
     table.insert("port", toml_edit::value(i64::from(port)));
     table.insert("transport", toml_edit::value("stdio"));
-    table.insert("sharing", toml_edit::value("shared"));
+    let mut value = toml_edit::value(sharing.map_or(Sharing::Shared, |c| c.sharing).as_str());
+    // The surprising choices say why, where a user reading the registry sees them.
+    if let Some(choice) = sharing.filter(|c| c.sharing != Sharing::Shared) {
+        if let Some(value) = value.as_value_mut() {
+            value
+                .decor_mut()
+                .set_suffix(format!("  # {}", choice.reason.replace('\n', " ")));
+        }
+    }
+    table.insert("sharing", value);
 }
 
 fn fill_remote(table: &mut Table, remote: &Remote) {
@@ -394,8 +411,8 @@ mod tests {
             "# my servers\n[manager]\nport = 3101 # the API\n\n\
              [daemons.a]\ncommand = \"x\"\nport = 3100\n",
         );
-        assert_eq!(file.add("b", &stdio("npx"), "test"), Some(3102));
-        assert_eq!(file.add("c", &stdio("node"), "test"), Some(3103));
+        assert_eq!(file.add("b", &stdio("npx"), None, "test"), Some(3102));
+        assert_eq!(file.add("c", &stdio("node"), None, "test"), Some(3103));
         let (text, warnings) = file
             .render_checked(&[("b".into(), stdio("npx"))])
             .expect("valid");

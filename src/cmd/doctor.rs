@@ -20,6 +20,7 @@ use crate::clients::{Client, ClientFile, Entry, Environment, ProxyCommand, Scope
 use crate::config::{DaemonSpec, TransportKind};
 use crate::supervise::client::{ClientError, ManagerClient};
 use crate::supervise::daemon::{DaemonState, DaemonStatus};
+use crate::supervise::environment::BaseEnvironment;
 use crate::supervise::manager::StatusReport;
 use crate::supervise::probe::probe;
 use crate::supervise::state::{write_atomic, ManagerState};
@@ -144,13 +145,15 @@ pub async fn run(args: DoctorArgs, settings: Settings) -> anyhow::Result<ExitCod
     let report = check_manager(&settings, port, &mut findings).await;
     let token = crate::supervise::secret::read_token(&settings.paths.manager_token());
     if let Some(registry) = &registry {
+        // Commands are looked up as the manager will: on the daemons' base PATH.
+        let base = BaseEnvironment::capture().await;
         for name in registry.names() {
             match registry.daemon(name) {
                 Ok(mut spec) => {
                     if let Some(token) = &token {
                         crate::supervise::secret::authorize(&mut spec, token);
                     }
-                    check_daemon(&spec, report.as_ref(), &mut findings).await
+                    check_daemon(&spec, &settings, &base, report.as_ref(), &mut findings).await
                 }
                 Err(e) => {
                     let text = e.to_string();
@@ -256,12 +259,21 @@ async fn check_manager(
     }
 }
 
-async fn check_daemon(spec: &DaemonSpec, report: Option<&StatusReport>, findings: &mut Findings) {
+async fn check_daemon(
+    spec: &DaemonSpec,
+    settings: &Settings,
+    base: &BaseEnvironment,
+    report: Option<&StatusReport>,
+    findings: &mut Findings,
+) {
     let subject = format!("daemon {}", spec.name);
     let Some(launch) = &spec.launch else {
         return check_handshake(spec, &subject, "", findings).await;
     };
-    if let Err(e) = process::find_program(&launch.command, launch.cwd.as_deref()) {
+    let spawned = base.apply(launch.clone(), settings.paths.home());
+    if let Err(e) =
+        process::find_program_for(&spawned.command, spawned.cwd.as_deref(), &spawned.env)
+    {
         let text = e.to_string();
         let (message, hint) = split_hint(&text);
         findings.fail(&subject, message, hint.unwrap_or_default());

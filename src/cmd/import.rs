@@ -8,14 +8,16 @@ use super::Settings;
 use crate::cli::ImportArgs;
 use crate::clients::files::{self, Change, Keep};
 use crate::clients::registry::{daemon_name, Placement, RegistryFile};
+use crate::clients::sharing::{self, Choice};
 use crate::clients::{ClientFile, Entry, Environment, Location, ProxyCommand, Server};
 use crate::config::Registry;
 
-/// One line of the summary.
+/// One line of the summary, with the sharing mode chosen for an added stdio daemon.
 struct Line {
     verb: &'static str,
     name: String,
     detail: String,
+    sharing: Option<Choice>,
 }
 
 pub fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<ExitCode> {
@@ -54,6 +56,7 @@ pub fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<ExitCode> {
                         verb: "shared",
                         name: name.clone(),
                         detail: format!("the registry's `{daemon}` runs the same server"),
+                        sharing: None,
                     });
                     rewrites.push((name, daemon));
                 }
@@ -61,7 +64,11 @@ pub fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<ExitCode> {
                     name: daemon,
                     renamed_from,
                 } => {
-                    let port = registry.add(&daemon, &server, &origin);
+                    let choice = match &server {
+                        Server::Stdio(stdio) => Some(sharing::choose(stdio, args.sharing)),
+                        Server::Remote(_) => None,
+                    };
+                    let port = registry.add(&daemon, &server, choice.as_ref(), &origin);
                     let what = match port {
                         Some(port) => format!("stdio daemon on port {port}"),
                         None => "url daemon".to_owned(),
@@ -80,6 +87,7 @@ pub fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<ExitCode> {
                         verb: "added",
                         name: daemon.clone(),
                         detail,
+                        sharing: choice,
                     });
                     added.push((daemon.clone(), server));
                     rewrites.push((name, daemon));
@@ -102,6 +110,7 @@ pub fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<ExitCode> {
                     verb: "kept",
                     name,
                     detail,
+                    sharing: None,
                 });
             }
             Entry::Proxy {
@@ -113,11 +122,13 @@ pub fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<ExitCode> {
                     "it runs another mcpsm binary than this one ({}); left as is",
                     proxy.program
                 ),
+                sharing: None,
             }),
             Entry::Unsupported(reason) => lines.push(Line {
                 verb: "skipped",
                 name,
                 detail: reason,
+                sharing: None,
             }),
         }
     }
@@ -134,6 +145,20 @@ pub fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<ExitCode> {
         out.push_str(&format!(
             "  {:9}{:width$}  {}\n",
             line.verb, line.name, line.detail
+        ));
+        if let Some(choice) = &line.sharing {
+            out.push_str(&format!(
+                "  {:9}{:width$}  sharing = \"{}\": {}\n",
+                "",
+                "",
+                choice.sharing.as_str(),
+                choice.reason
+            ));
+        }
+    }
+    if lines.iter().any(|l| l.sharing.is_some()) {
+        out.push_str(&format!(
+            "sharing: to change a daemon's mode, edit its `sharing` in {registry_display} (shared, per-project or isolated; then `mcpsm restart NAME`), or import with `--sharing MODE` for all\n"
         ));
     }
     if rewrites.is_empty() {

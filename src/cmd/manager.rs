@@ -193,10 +193,15 @@ async fn serve(settings: Settings, port: u16) -> anyhow::Result<ExitCode> {
             daemons: Default::default(),
         },
     ));
-    let context = Arc::new(Context {
-        paths: paths.clone(),
-        state_file: state_file.clone(),
-        token: token.clone(),
+    let context = Arc::new(Context::new(
+        paths.clone(),
+        state_file.clone(),
+        token.clone(),
+    ));
+    // The login shell runs while the manager adopts and answers, not on a daemon's first start.
+    let capturing = context.clone();
+    tokio::spawn(async move {
+        capturing.base_environment().await;
     });
     let manager = Manager::new(
         context,
@@ -272,7 +277,8 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         return error(StatusCode::FORBIDDEN, why);
     }
     // Only /ping is open: it says nothing but who runs. Status and logs may hold secrets.
-    if request.uri().path() != "/ping" && !crate::guard::bearer_matches(request.headers(), &app.token)
+    if request.uri().path() != "/ping"
+        && !crate::guard::bearer_matches(request.headers(), &app.token)
     {
         return error(
             StatusCode::UNAUTHORIZED,

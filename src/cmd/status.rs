@@ -1,4 +1,4 @@
-//! `mcpsm status [--json]`: every daemon of the registry, as the manager sees it.
+//! `mcpsm status [--json] [--verbose]`: every daemon of the registry, as the manager sees it.
 
 use std::process::ExitCode;
 
@@ -38,7 +38,7 @@ pub async fn run(args: StatusArgs, settings: Settings) -> anyhow::Result<ExitCod
                     status.with_uptime()
                 })
                 .collect();
-            print_table(&statuses);
+            print_table(&statuses, args.verbose);
             if statuses.iter().any(|s| s.pid.is_some()) {
                 println!(
                     "(daemons with a pid run without a manager; the next manager adopts them)"
@@ -63,11 +63,11 @@ pub async fn run(args: StatusArgs, settings: Settings) -> anyhow::Result<ExitCod
     if let Some(error) = &report.registry_error {
         println!("registry: {error}");
     }
-    print_table(&report.daemons);
+    print_table(&report.daemons, args.verbose);
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_table(daemons: &[DaemonStatus]) {
+fn print_table(daemons: &[DaemonStatus], verbose: bool) {
     if daemons.is_empty() {
         println!("no daemons in the registry");
         return;
@@ -126,11 +126,71 @@ fn print_table(daemons: &[DaemonStatus]) {
             });
             println!("  sessions recovered: {}{ago}", daemon.sessions_recovered);
         }
+        if verbose {
+            print_launch(daemon);
+        }
+        if let Some(host) = &daemon.host {
+            print_host(host);
+        }
         if let Some(error) = &daemon.last_error {
             for (i, text) in error.lines().enumerate() {
                 let label = if i == 0 { "  last error: " } else { "    " };
                 println!("{label}{text}");
             }
+        }
+    }
+}
+
+/// Where the daemon runs and the names of its variables (values may be secrets).
+fn print_launch(daemon: &DaemonStatus) {
+    match &daemon.cwd {
+        Some(cwd) => println!("  cwd: {cwd}"),
+        None => println!("  cwd: - (not started by this manager yet)"),
+    }
+    if !daemon.env_keys.is_empty() {
+        println!("  env: {}", daemon.env_keys.join(" "));
+    }
+}
+
+/// A stdio daemon's server processes and the sessions each serves, from its host's report.
+fn print_host(host: &serde_json::Value) {
+    let children = host["children"].as_array().map_or(&[][..], Vec::as_slice);
+    let sharing = host["sharing"].as_str().unwrap_or("?");
+    println!(
+        "  sharing: {sharing}, {} server process(es)",
+        children.len()
+    );
+    for child in children {
+        let text = |key: &str| child[key].as_str().unwrap_or("-").to_owned();
+        let pid = child["pid"].as_u64().map_or("-".into(), |p| p.to_string());
+        let health = &child["health"];
+        let hung = health["hung_restarts"].as_u64().unwrap_or(0);
+        let hung = if hung > 0 {
+            format!(", restarted {hung}x as hung")
+        } else {
+            String::new()
+        };
+        println!(
+            "  server pid {pid} in {} speaks {}{hung}",
+            text("cwd"),
+            text("protocol_version")
+        );
+        for session in child["sessions"].as_array().map_or(&[][..], Vec::as_slice) {
+            let id = session["id"].as_str().unwrap_or("?");
+            println!(
+                "    session {}  {}  {}{}",
+                id.get(..8).unwrap_or(id),
+                session["protocol_version"].as_str().unwrap_or("-"),
+                session["client"]
+                    .as_str()
+                    .filter(|c| !c.is_empty())
+                    .unwrap_or("(unnamed client)"),
+                if session["connected"] == true {
+                    ""
+                } else {
+                    "  (no GET stream)"
+                }
+            );
         }
     }
 }

@@ -639,7 +639,7 @@ async fn get_status(State(front): State<Arc<Front>>) -> Response {
                 .collect();
             json!({
                 "pid": hub.pid(),
-                "cwd": hub.command().cwd,
+                "cwd": hub.command().cwd.clone().or_else(|| std::env::current_dir().ok()),
                 "protocol_version": hub.child_version(),
                 "revisions": match hub.compatibility() {
                     Compatibility::Bridged => negotiate::KNOWN.join(", "),

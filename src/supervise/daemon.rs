@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use super::environment::{self, BaseEnvironment};
 use super::logs;
 use super::probe::probe;
 use super::process::{self, Stopped};
@@ -106,6 +107,12 @@ pub struct DaemonStatus {
     /// sessions (`GET /mcpsm/status` of the host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<serde_json::Value>,
+    /// The working directory the process was started in (the last start).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// The names of the variables of its environment, sorted; never their values.
+    #[serde(default)]
+    pub env_keys: Vec<String>,
 }
 
 impl DaemonStatus {
@@ -130,6 +137,8 @@ impl DaemonStatus {
             sessions_recovered: 0,
             last_recovery: None,
             host: None,
+            cwd: None,
+            env_keys: Vec::new(),
         }
     }
 
@@ -157,6 +166,25 @@ pub struct Context {
     pub state_file: Arc<StateFile>,
     /// The manager's API token (stdio hosts' secrets derive from it).
     pub token: String,
+    /// Captured once, on first use (the manager starts that at once).
+    pub environment: tokio::sync::OnceCell<BaseEnvironment>,
+}
+
+impl Context {
+    pub fn new(paths: Paths, state_file: Arc<StateFile>, token: String) -> Context {
+        Context {
+            paths,
+            state_file,
+            token,
+            environment: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The base environment of every daemon, from the user's login shell (see
+    /// [`super::environment`]).
+    pub async fn base_environment(&self) -> &BaseEnvironment {
+        self.environment.get_or_init(BaseEnvironment::capture).await
+    }
 }
 
 enum Command {
@@ -198,6 +226,8 @@ impl DaemonHandle {
             status.started_at = Some(a.record.started_at);
             status.restarts = a.record.restarts;
             status.adopted = true;
+            status.cwd = process::working_dir(a.record.pid).map(|d| d.display().to_string());
+            status.env_keys = process::environment_keys(a.record.pid).unwrap_or_default();
             Running {
                 process: Process::Adopted,
                 pid: a.record.pid,
@@ -485,6 +515,15 @@ impl Actor {
             warn!(daemon = %self.spec.name, "{error}");
             return self.publish(DaemonState::Failed, Some(Some(error)));
         }
+        let launch = self
+            .context
+            .base_environment()
+            .await
+            .apply(launch, self.context.paths.home());
+        self.status.send_modify(|status| {
+            status.cwd = launch.cwd.as_ref().map(|d| d.display().to_string());
+            status.env_keys = environment::keys_of(&launch.env);
+        });
         let launch = match stdio_host_launch(&self.spec, launch) {
             Ok(launch) => launch,
             Err(e) => {
@@ -670,8 +709,9 @@ fn stdio_host_launch(spec: &DaemonSpec, launch: Launch) -> Result<Launch, proces
     if spec.transport != TransportKind::Stdio {
         return Ok(launch);
     }
-    // Report a missing server command now, by name, rather than from inside the host.
-    let program = process::find_program(&launch.command, launch.cwd.as_deref())?;
+    // Report a missing server command now, by name, rather than from inside the host; the
+    // host passes its environment (the daemon's) on to the server.
+    let program = process::find_program_for(&launch.command, launch.cwd.as_deref(), &launch.env)?;
     let exe = std::env::current_exe().map_err(|cause| process::SpawnError::Spawn {
         command: "mcpsm stdio-host".to_owned(),
         cause,

@@ -3,7 +3,7 @@
 //! Theory of operation. One manager runs per `MCPSM_HOME` (it holds `manager.lock` for its
 //! whole life) and serves a loopback HTTP API. Each daemon in use has one actor
 //! ([`daemon`]) that alone owns its process: it spawns it in a session of its own
-//! ([`process`]), declares it ready when it answers an MCP `initialize` over its transport
+//! ([`process`]) with a defined environment and cwd ([`environment`]), declares it ready when it answers an MCP `initialize` over its transport
 //! ([`probe`]), probes it at an interval, restarts it with backoff when it dies or hangs, and
 //! stops it by process group. [`manager`] maps names to actors, re-reading the registry on
 //! each request; [`state`] records running daemons in `manager.json` so that a manager
@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod environment;
 pub mod log_writer;
 pub mod logs;
 pub mod manager;

@@ -15,15 +15,16 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use super::environment;
 use crate::config::Launch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    #[error("command `{command}` not found; searched PATH: {searched}\nhint: install it, or give its absolute path as `command` in the registry")]
+    #[error("command `{command}` not found; searched PATH: {searched}\nhint: install it, give its absolute path as `command` in the registry, or set PATH in the daemon's `env` (daemons search the PATH of your login shell, not the client's)")]
     NotFound { command: String, searched: String },
     #[error("`{}` is not executable\nhint: chmod +x it, or fix `command` in the registry", path.display())]
     NotExecutable { path: PathBuf },
-    #[error("working directory {} does not exist\nhint: fix `cwd` in the registry", path.display())]
+    #[error("working directory {} does not exist\nhint: create it, or fix `cwd` in the registry (a relative `cwd` is taken from HOME; without one a daemon runs in HOME)", path.display())]
     NoCwd { path: PathBuf },
     #[error("{0}")]
     Log(#[from] super::logs::LogError),
@@ -33,11 +34,20 @@ pub enum SpawnError {
     Spawn { command: String, cause: io::Error },
 }
 
-/// Resolves `command` the way `execvp` would, so a missing program is reported by name
-/// together with the PATH that was searched.
+/// Resolves `command` the way `execvp` would on this process's PATH, so a missing program is
+/// reported by name together with the PATH that was searched.
 pub fn find_program(command: &str, cwd: Option<&Path>) -> Result<PathBuf, SpawnError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     find_in(command, &path, cwd)
+}
+
+/// [`find_program`] on the PATH of `env` (a daemon's environment), not this process's.
+pub fn find_program_for(
+    command: &str,
+    cwd: Option<&Path>,
+    env: &[(String, String)],
+) -> Result<PathBuf, SpawnError> {
+    find_in(command, environment::path_of(env), cwd)
 }
 
 fn find_in(command: &str, path: &OsStr, cwd: Option<&Path>) -> Result<PathBuf, SpawnError> {
@@ -74,14 +84,16 @@ fn find_in(command: &str, path: &OsStr, cwd: Option<&Path>) -> Result<PathBuf, S
 
 /// Starts a daemon in its own session with its output appended to `log`, rotated as it is
 /// written: the process started is `mcpsm log-writer`, which runs the daemon's command (see
-/// [`super::log_writer`]); its pid is the daemon's pid for the rest of mcpsm.
+/// [`super::log_writer`]); its pid is the daemon's pid for the rest of mcpsm. `launch.env` is
+/// its whole environment (see [`environment`]): nothing of this process's reaches it, and its
+/// `command` is looked up on that environment's PATH.
 pub fn spawn_daemon(launch: &Launch, log: &Path) -> Result<tokio::process::Child, SpawnError> {
     if let Some(cwd) = &launch.cwd {
         if !cwd.is_dir() {
             return Err(SpawnError::NoCwd { path: cwd.clone() });
         }
     }
-    let program = find_program(&launch.command, launch.cwd.as_deref())?;
+    let program = find_program_for(&launch.command, launch.cwd.as_deref(), &launch.env)?;
     if let Some(dir) = log.parent() {
         crate::paths::create_private_dir(dir).map_err(|cause| SpawnError::LogDir {
             path: dir.to_path_buf(),
@@ -108,6 +120,7 @@ pub fn spawn_daemon(launch: &Launch, log: &Path) -> Result<tokio::process::Child
         .arg("--")
         .arg(&program)
         .args(&launch.args)
+        .env_clear()
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(out)
@@ -317,6 +330,28 @@ pub fn command_line(pid: u32) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
+/// The working directory of `pid`, from /proc/PID/cwd.
+pub fn working_dir(pid: u32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
+}
+
+/// The names (never the values) of the environment `pid` was started with, sorted, from
+/// /proc/PID/environ.
+pub fn environment_keys(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let mut keys: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter_map(|entry| {
+            let end = entry.iter().position(|&b| b == b'=')?;
+            Some(String::from_utf8_lossy(&entry[..end]).into_owned())
+        })
+        .filter(|key| !key.is_empty())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    Some(keys)
+}
+
 /// Whether 127.0.0.1:`port` can be bound right now.
 pub fn port_is_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
@@ -410,6 +445,14 @@ mod tests {
         assert!(start_time(pid).is_some());
         assert!(is_alive(pid));
         assert!(command_line(pid).is_some());
+        assert_eq!(
+            working_dir(pid),
+            std::env::current_dir().ok(),
+            "the cwd of this process"
+        );
+        let keys = environment_keys(pid).expect("own environ is readable");
+        assert!(keys.iter().any(|k| k == "PATH"), "{keys:?}");
+        assert!(keys.iter().all(|k| !k.contains('=')), "{keys:?}");
     }
 
     #[test]

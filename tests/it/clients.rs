@@ -689,3 +689,107 @@ fn an_invalid_registry_stops_import_before_anything_is_written() {
     );
     assert!(setup.snapshot() == before);
 }
+
+/// A Claude Code file with servers of each kind of sharing.
+fn install_sharing_servers(setup: &Setup) {
+    let servers = serde_json::json!({
+        "mcpServers": {
+            "thinking": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-sequential-thinking"]},
+            "files": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "."]},
+            "git": {"command": "uvx", "args": ["mcp-server-git"]},
+            "memory": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-memory"]}
+        }
+    });
+    std::fs::write(
+        setup.path(".claude.json"),
+        serde_json::to_string_pretty(&servers).expect("serialize"),
+    )
+    .expect("write ~/.claude.json");
+}
+
+/// The `sharing` of each daemon in the registry.
+fn sharing_modes(setup: &Setup) -> Vec<(String, String)> {
+    let registry: toml::Table = setup
+        .read("daemons.toml")
+        .parse()
+        .expect("the registry is TOML");
+    let daemons = registry["daemons"].as_table().expect("[daemons]");
+    daemons
+        .iter()
+        .map(|(name, daemon)| {
+            let sharing = daemon["sharing"].as_str().unwrap_or("<none>");
+            (name.clone(), sharing.to_owned())
+        })
+        .collect()
+}
+
+/// The summary's `sharing = …` line under the `added` line of `name`.
+#[track_caller]
+fn sharing_line<'a>(stdout: &'a str, name: &str) -> &'a str {
+    let mut lines = stdout.lines();
+    lines
+        .find(|l| l.split_whitespace().take(2).eq(["added", name]))
+        .and_then(|_| lines.next())
+        .map(str::trim)
+        .filter(|l| l.starts_with("sharing = "))
+        .unwrap_or_else(|| panic!("no sharing line for {name}: {stdout}"))
+}
+
+#[test]
+fn import_chooses_a_sharing_mode_per_server_and_says_why() {
+    let setup = Setup::new();
+    install_sharing_servers(&setup);
+    let stdout = setup.ok(&["import"]);
+    let thinking = sharing_line(&stdout, "thinking");
+    assert!(
+        thinking.starts_with("sharing = \"isolated\": ") && thinking.contains("chain of thoughts"),
+        "{stdout}"
+    );
+    let files = sharing_line(&stdout, "files");
+    assert!(
+        files.starts_with("sharing = \"per-project\": ") && files.contains("`.`"),
+        "{stdout}"
+    );
+    assert!(
+        sharing_line(&stdout, "git").starts_with("sharing = \"per-project\": mcp-server-git"),
+        "{stdout}"
+    );
+    assert!(
+        sharing_line(&stdout, "memory").starts_with("sharing = \"shared\": "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("sharing: to change a daemon's mode, edit its `sharing` in ~/daemons.toml")
+            && stdout.contains("--sharing MODE"),
+        "says how to change a choice: {stdout}"
+    );
+    assert_eq!(
+        sharing_modes(&setup),
+        [
+            ("files".to_owned(), "per-project".to_owned()),
+            ("git".to_owned(), "per-project".to_owned()),
+            ("memory".to_owned(), "shared".to_owned()),
+            ("thinking".to_owned(), "isolated".to_owned()),
+        ]
+    );
+}
+
+#[test]
+fn import_sharing_option_overrides_every_choice() {
+    let setup = Setup::new();
+    install_sharing_servers(&setup);
+    let stdout = setup.ok(&["import", "--sharing", "shared"]);
+    for name in ["thinking", "files", "git", "memory"] {
+        assert_eq!(
+            sharing_line(&stdout, name),
+            "sharing = \"shared\": chosen with --sharing",
+            "{stdout}"
+        );
+    }
+    assert!(sharing_modes(&setup).iter().all(|(_, s)| s == "shared"));
+    let refused = setup.fails(&["import", "--sharing", "everyone"]);
+    assert!(
+        refused.contains("expected shared, per-project or isolated"),
+        "{refused}"
+    );
+}

@@ -441,6 +441,11 @@ fn each_session_gets_the_protocol_version_it_asked_for_from_one_shared_server() 
     for version in ["2024-11-05", "2025-06-18", "2025-03-26", "2025-11-25"] {
         assert!(versions.contains(&version), "{version} in {host}");
     }
+    let table = home.run(&["status"]).stdout;
+    assert!(
+        table.contains("1 server process") && table.contains("2024-11-05  client-2024-11-05"),
+        "{table}"
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod clients;
 mod doctor;
+mod environment;
 mod faults;
 mod hardening;
 mod host;
