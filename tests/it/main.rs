@@ -8,6 +8,7 @@ mod clients;
 mod doctor;
 mod faults;
 mod host;
+mod ids;
 mod manager;
 mod real;
 mod recovery;
