@@ -10,6 +10,7 @@ mod faults;
 mod host;
 mod ids;
 mod manager;
+mod properties;
 mod real;
 mod recovery;
 mod stdio;
