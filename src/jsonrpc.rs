@@ -247,11 +247,15 @@ const INPUT_HINT: &str = "hint: send one JSON-RPC message (or one batch array) p
 /// Error responses for a line that cannot be forwarded: one per readable request id, else one
 /// with id `null`.
 fn refusals(ids: &[Id], code: i64, what: &str) -> Vec<Message> {
+    refusals_with_hint(ids, code, what, INPUT_HINT)
+}
+
+fn refusals_with_hint(ids: &[Id], code: i64, what: &str, hint: &str) -> Vec<Message> {
     if ids.is_empty() {
-        let text = format!("{what}. mcpsm skipped this line. {INPUT_HINT}");
+        let text = format!("{what}; mcpsm skipped this line. {hint}");
         return vec![Message::error(None, code, &text, None)];
     }
-    let text = format!("{what}. mcpsm did not send this request. {INPUT_HINT}");
+    let text = format!("{what}; mcpsm did not send this request. {hint}");
     ids.iter()
         .map(|id| Message::error(Some(id), code, &text, None))
         .collect()
@@ -261,14 +265,7 @@ fn refusals(ids: &[Id], code: i64, what: &str) -> Vec<Message> {
 pub fn oversize_refusals(ids: &[Id], bytes: usize, limit: usize) -> Vec<Message> {
     let what = format!("Parse error: a line of {bytes} bytes exceeds the limit of {limit} bytes");
     let hint = "hint: raise `mcpsm proxy --max-message-bytes`";
-    if ids.is_empty() {
-        let text = format!("{what}; mcpsm skipped it. {hint}");
-        return vec![Message::error(None, PARSE_ERROR, &text, None)];
-    }
-    let text = format!("{what}; mcpsm did not send this request. {hint}");
-    ids.iter()
-        .map(|id| Message::error(Some(id), PARSE_ERROR, &text, None))
-        .collect()
+    refusals_with_hint(ids, PARSE_ERROR, &what, hint)
 }
 
 /// The ids of the requests in `line`, however broken it is (see [`IdScanner`]).
