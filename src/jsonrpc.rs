@@ -32,30 +32,133 @@ pub mod method {
 /// `_meta` key that marks 2026-07-28 (sessionless) traffic.
 pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 
-/// A request id, kept as its JSON text: `1` and `"1"` are different ids, as JSON-RPC says.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Id(Box<str>);
+/// A request id. It is compared and hashed by **value**, because servers re-serialize ids:
+/// `"caf\u00e9"` comes back as `"café"`, `1e2` as `100.0`, `"a\/b"` as `"a/b"`. The type still
+/// counts: `1` and `"1"` are different ids, as JSON-RPC says. The JSON text as it was written is
+/// kept too ([`Id::as_json`]), so the client gets its id back exactly as it sent it.
+///
+/// Almost every id is already in canonical form (a string without escapes, a plain integer):
+/// only the others pay for a normalised copy.
+#[derive(Clone)]
+pub struct Id {
+    json: Box<str>,
+    /// The canonical text, when it differs from `json`.
+    canonical: Option<Box<str>>,
+}
 
 impl Id {
     /// An id from its JSON text, e.g. `params.requestId` of a cancellation.
     pub fn from_json(text: &str) -> Id {
-        Id(text.into())
+        let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
+        Id {
+            canonical: canonical_form(text),
+            json: text.into(),
+        }
     }
 
+    /// The id exactly as it was written.
     pub fn as_json(&self) -> &str {
-        &self.0
+        &self.json
     }
+
+    /// The text ids are compared by.
+    fn key(&self) -> &str {
+        self.canonical.as_deref().unwrap_or(&self.json)
+    }
+
+    /// `"id": null`, which MCP does not allow for requests.
+    pub fn is_null(&self) -> bool {
+        &*self.json == "null"
+    }
+
+    /// A string or a number: the ids JSON-RPC allows besides `null`.
+    pub fn is_string_or_number(&self) -> bool {
+        matches!(
+            self.json.as_bytes().first(),
+            Some(b'"' | b'-' | b'0'..=b'9')
+        )
+    }
+}
+
+impl PartialEq for Id {
+    fn eq(&self, other: &Id) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Id {}
+
+impl std::hash::Hash for Id {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+/// The canonical text of an id when `text` is not canonical already: a string as serde_json
+/// writes it (escapes only where needed), an integral number as a plain integer, another number
+/// in its shortest form, an array or object compact. `None` when `text` is canonical (the
+/// common case, decided without allocating) or not JSON.
+fn canonical_form(text: &str) -> Option<Box<str>> {
+    let bytes = text.as_bytes();
+    let canonical = match bytes.first()? {
+        b'"' => {
+            // Without a backslash a valid JSON string holds no `"` or control character, so
+            // serde_json would write it the same way.
+            memchr::memchr(b'\\', bytes)?;
+            let value: String = serde_json::from_str(text).ok()?;
+            serde_json::to_string(&value).ok()?
+        }
+        b'-' | b'0'..=b'9' => {
+            if is_plain_integer(bytes) {
+                return None;
+            }
+            canonical_number(text)?
+        }
+        b'{' | b'[' => serde_json::from_str::<serde_json::Value>(text)
+            .ok()?
+            .to_string(),
+        _ => return None,
+    };
+    (canonical != text).then(|| canonical.into_boxed_str())
+}
+
+/// `0`, `-12`, `345`: an integer with no exponent, fraction or leading zero, short enough to
+/// fit an `i64` whatever its digits.
+fn is_plain_integer(bytes: &[u8]) -> bool {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    !digits.is_empty()
+        && digits.len() <= 18
+        && digits.iter().all(u8::is_ascii_digit)
+        && (digits[0] != b'0' || (digits.len() == 1 && digits.len() == bytes.len()))
+}
+
+fn canonical_number(text: &str) -> Option<String> {
+    if let Ok(integer) = text.parse::<i64>() {
+        return Some(integer.to_string());
+    }
+    if let Ok(integer) = text.parse::<u64>() {
+        return Some(integer.to_string());
+    }
+    let float: f64 = text.parse().ok()?;
+    if !float.is_finite() {
+        return None;
+    }
+    // 2^63: every integral f64 below it is exactly an i64.
+    if float.fract() == 0.0 && float.abs() < 9_223_372_036_854_775_808.0 {
+        return Some((float as i64).to_string());
+    }
+    Some(serde_json::Number::from_f64(float)?.to_string())
 }
 
 impl fmt::Debug for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.json)
     }
 }
 
 impl fmt::Display for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.json)
     }
 }
 
@@ -86,10 +189,18 @@ impl fmt::Debug for Message {
 
 #[derive(Deserialize)]
 struct Envelope<'a> {
-    #[serde(default, borrow)]
+    /// `Some` for `"id": null` too: a request with a null id is not a notification.
+    #[serde(default, borrow, deserialize_with = "present")]
     id: Option<&'a RawValue>,
     #[serde(default, borrow)]
     method: Option<Cow<'a, str>>,
+}
+
+fn present<'de: 'a, 'a, D>(deserializer: D) -> Result<Option<&'a RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&'a RawValue>::deserialize(deserializer).map(Some)
 }
 
 /// What [`Message::peek_params`] reads out of a request's `params`.
@@ -126,6 +237,205 @@ pub enum ParseError {
     NotAnObject(&'static str),
     #[error("empty batch array")]
     EmptyBatch,
+    #[error("a batch element is not a valid message ({0})")]
+    BadElement(Box<ParseError>),
+}
+
+/// The hint every refused line gets.
+const INPUT_HINT: &str = "hint: send one JSON-RPC message (or one batch array) per line";
+
+/// Error responses for a line that cannot be forwarded: one per readable request id, else one
+/// with id `null`.
+fn refusals(ids: &[Id], code: i64, what: &str) -> Vec<Message> {
+    refusals_with_hint(ids, code, what, INPUT_HINT)
+}
+
+fn refusals_with_hint(ids: &[Id], code: i64, what: &str, hint: &str) -> Vec<Message> {
+    if ids.is_empty() {
+        let text = format!("{what}; mcpsm skipped this line. {hint}");
+        return vec![Message::error(None, code, &text, None)];
+    }
+    let text = format!("{what}; mcpsm did not send this request. {hint}");
+    ids.iter()
+        .map(|id| Message::error(Some(id), code, &text, None))
+        .collect()
+}
+
+/// Error responses for a line over the size bound (see [`IdScanner`]).
+pub fn oversize_refusals(ids: &[Id], bytes: usize, limit: usize) -> Vec<Message> {
+    let what = format!("Parse error: a line of {bytes} bytes exceeds the limit of {limit} bytes");
+    let hint = "hint: raise `mcpsm proxy --max-message-bytes`";
+    refusals_with_hint(ids, PARSE_ERROR, &what, hint)
+}
+
+/// The ids of the requests in `line`, however broken it is (see [`IdScanner`]).
+pub fn scan_request_ids(line: &[u8]) -> Vec<Id> {
+    let mut scanner = IdScanner::default();
+    scanner.feed(line);
+    scanner.finish()
+}
+
+/// Most ids one line is searched for: a bound on memory for a line of any size.
+pub const MAX_SCANNED_IDS: usize = 4096;
+/// Longest id text the scanner keeps.
+const MAX_ID_BYTES: usize = 1024;
+
+/// Finds the request ids in a line that cannot be parsed (broken JSON, too deep, too long),
+/// so that each request can be answered under its own id. It reads the bytes once, in chunks of
+/// any size, keeping only the state of strings and nesting: a line of any length is scanned in
+/// constant memory (ids excepted). An object at message level (the line itself, or an element
+/// of a batch array) with an `id` key and no `result`/`error` key counts as a request.
+#[derive(Default)]
+pub struct IdScanner {
+    depth: usize,
+    /// Depth of the message objects: 1 for a line that is an object, 2 in a batch array.
+    level: usize,
+    in_string: bool,
+    escaped: bool,
+    /// At message level, the next string is a key.
+    expect_key: bool,
+    /// Reading a key at message level; its first bytes (enough to tell `id` and `result`).
+    in_key: bool,
+    key: [u8; 8],
+    key_len: usize,
+    /// The key whose value comes next, after the `:`.
+    field: Option<Field>,
+    capture: Option<Vec<u8>>,
+    id: Option<Id>,
+    is_response: bool,
+    found: Vec<Id>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Field {
+    Id,
+    Answer,
+    Other,
+}
+
+impl IdScanner {
+    pub fn feed(&mut self, chunk: &[u8]) {
+        for &b in chunk {
+            self.byte(b);
+        }
+    }
+
+    /// The ids found, including that of a request the line cut off (it is still waited for).
+    pub fn finish(mut self) -> Vec<Id> {
+        if self.level > 0 && self.depth >= self.level {
+            if self.depth == self.level {
+                self.end_value();
+            }
+            if let Some(id) = self.id.take() {
+                if !self.is_response && self.found.len() < MAX_SCANNED_IDS {
+                    self.found.push(id);
+                }
+            }
+        }
+        self.found
+    }
+
+    fn byte(&mut self, b: u8) {
+        if self.in_string {
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.in_string = false;
+                self.in_key = false;
+            }
+            if self.in_key {
+                if self.key_len < self.key.len() {
+                    self.key[self.key_len] = b;
+                }
+                self.key_len += 1;
+            }
+            self.push(b);
+            return;
+        }
+        let at_level = self.level > 0 && self.depth == self.level;
+        match b {
+            b'"' => {
+                self.in_string = true;
+                if at_level && self.expect_key {
+                    self.expect_key = false;
+                    self.in_key = true;
+                    self.key_len = 0;
+                }
+                self.push(b);
+            }
+            b'{' | b'[' => {
+                if self.depth == 0 && self.level == 0 {
+                    self.level = if b == b'[' { 2 } else { 1 };
+                }
+                if b == b'{' && self.level > 0 && self.depth + 1 == self.level {
+                    self.id = None;
+                    self.is_response = false;
+                    self.expect_key = true;
+                    self.field = None;
+                    self.capture = None;
+                }
+                self.push(b);
+                self.depth += 1;
+            }
+            b'}' | b']' => {
+                if at_level {
+                    self.end_value();
+                    if b == b'}' {
+                        if let Some(id) = self.id.take() {
+                            if !self.is_response && self.found.len() < MAX_SCANNED_IDS {
+                                self.found.push(id);
+                            }
+                        }
+                    }
+                } else {
+                    self.push(b);
+                }
+                self.depth = self.depth.saturating_sub(1);
+            }
+            b',' if at_level => {
+                self.end_value();
+                self.expect_key = true;
+            }
+            b':' if at_level && self.field.is_none() && !self.expect_key => {
+                let key = &self.key[..self.key_len.min(self.key.len())];
+                let field = match (self.key_len, key) {
+                    (2, b"id") => Field::Id,
+                    (6, b"result") | (5, b"error") => Field::Answer,
+                    _ => Field::Other,
+                };
+                if field == Field::Answer {
+                    self.is_response = true;
+                }
+                if field == Field::Id {
+                    self.capture = Some(Vec::new());
+                }
+                self.field = Some(field);
+            }
+            _ => self.push(b),
+        }
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(capture) = &mut self.capture {
+            if capture.len() < MAX_ID_BYTES {
+                capture.push(b);
+            } else {
+                self.capture = None;
+            }
+        }
+    }
+
+    /// A value at message level ended: keep the id if that is what it was.
+    fn end_value(&mut self) {
+        if let Some(text) = self.capture.take() {
+            if let Ok(value) = serde_json::from_slice::<&RawValue>(&text) {
+                self.id = Some(Id::from_json(value.get()));
+            }
+        }
+        self.field = None;
+    }
 }
 
 impl Message {
@@ -134,7 +444,7 @@ impl Message {
         let (id, method) = {
             let envelope: Envelope<'_> = serde_json::from_slice(&raw)?;
             (
-                envelope.id.map(|id| Id(id.get().into())),
+                envelope.id.map(|id| Id::from_json(id.get())),
                 envelope.method.map(|m| Box::from(m.as_ref())),
             )
         };
@@ -229,6 +539,90 @@ impl Message {
         let mut value: serde_json::Value = serde_json::from_slice(&self.raw).ok()?;
         *value.get_mut("id")? = serde_json::from_str(id.as_json()).ok()?;
         Message::parse(Bytes::from(serde_json::to_vec(&value).ok()?)).ok()
+    }
+
+    /// The same message with its id written as `id` is: a response of the daemon handed back
+    /// under the id text the client used. The bytes around the id are kept as they are.
+    pub fn with_id_text(&self, id: &Id) -> Message {
+        let range = serde_json::from_slice::<Envelope<'_>>(&self.raw)
+            .ok()
+            .and_then(|envelope| envelope.id)
+            .map(|raw| {
+                let start = raw.get().as_ptr() as usize - self.raw.as_ptr() as usize;
+                start..start + raw.get().len()
+            });
+        let Some(range) = range else {
+            return self.clone();
+        };
+        let mut text = Vec::with_capacity(self.raw.len() + id.as_json().len());
+        text.extend_from_slice(&self.raw[..range.start]);
+        text.extend_from_slice(id.as_json().as_bytes());
+        text.extend_from_slice(&self.raw[range.end..]);
+        Message {
+            raw: Bytes::from(text),
+            id: Some(id.clone()),
+            method: self.method.clone(),
+        }
+    }
+
+    /// Parses one line from the client. Never fails: what cannot be forwarded becomes an error
+    /// response to write back at once, carrying the request's own id whenever it can be read
+    /// (a client waits for that id), else `null`. The valid messages of a batch are kept even
+    /// when other elements are refused. Returns (messages to forward, error responses).
+    pub fn parse_input(raw: Bytes) -> (Vec<Message>, Vec<Message>) {
+        let raw = single_line(raw);
+        let refused = |error: ParseError, raw: &[u8]| -> Vec<Message> {
+            let code = match error {
+                ParseError::Json(_) => PARSE_ERROR,
+                _ => INVALID_REQUEST,
+            };
+            let text = match code {
+                PARSE_ERROR => format!("Parse error: {error}"),
+                _ => format!("Invalid request: {error}"),
+            };
+            refusals(&scan_request_ids(raw), code, &text)
+        };
+        match first_non_space(&raw) {
+            Some(b'{') => match Message::parse(raw.clone()) {
+                Ok(message) => (vec![message], Vec::new()),
+                Err(e) => (Vec::new(), refused(e, &raw)),
+            },
+            Some(b'[') => {
+                let items: Vec<&RawValue> = match serde_json::from_slice(&raw) {
+                    Ok(items) => items,
+                    Err(e) => return (Vec::new(), refused(e.into(), &raw)),
+                };
+                if items.is_empty() {
+                    return (Vec::new(), refused(ParseError::EmptyBatch, &raw));
+                }
+                let mut messages = Vec::with_capacity(items.len());
+                let mut errors = Vec::new();
+                for item in items {
+                    let text = item.get();
+                    let parsed = if text.starts_with('{') {
+                        Message::parse(Bytes::copy_from_slice(text.as_bytes()))
+                    } else {
+                        Err(ParseError::NotAnObject(json_type_name(text)))
+                    };
+                    match parsed {
+                        Ok(message) => messages.push(message),
+                        // The batch as a whole is valid JSON: this element is an invalid request.
+                        Err(e) => errors.extend(refused(
+                            ParseError::BadElement(Box::new(e)),
+                            text.as_bytes(),
+                        )),
+                    }
+                }
+                (messages, errors)
+            }
+            _ => {
+                let error = match serde_json::from_slice::<&RawValue>(&raw) {
+                    Ok(value) => ParseError::NotAnObject(json_type_name(value.get())),
+                    Err(e) => e.into(),
+                };
+                (Vec::new(), refused(error, &raw))
+            }
+        }
     }
 
     /// Builds an error response for request `id` (or `null` when the id is unknown).
@@ -378,5 +772,106 @@ mod tests {
             serde_json::from_slice(Message::error(None, PARSE_ERROR, "bad", None).bytes())
                 .expect("json");
         assert!(value["id"].is_null());
+    }
+
+    fn id(text: &str) -> Id {
+        Id::from_json(text)
+    }
+
+    #[test]
+    fn ids_are_matched_by_value_as_servers_rewrite_them() {
+        assert_eq!(id(r#""caf\u00e9""#), id(r#""café""#));
+        assert_eq!(id(r#""a\/b""#), id(r#""a/b""#));
+        assert_eq!(id("1e2"), id("100.0"));
+        assert_eq!(id("1e2"), id("100"));
+        assert_eq!(id("-0"), id("0"));
+        assert_eq!(id("1.5"), id("15e-1"));
+        assert_eq!(id("[1, 2]"), id("[1,2]"));
+        assert_ne!(id("1"), id(r#""1""#));
+        assert_ne!(id(r#""a""#), id(r#""b""#));
+        assert_ne!(id("9007199254740993"), id("9007199254740992"));
+        // the text as written is kept
+        assert_eq!(id(r#""caf\u00e9""#).as_json(), r#""caf\u00e9""#);
+        let mut set = std::collections::HashSet::new();
+        set.insert(id(r#""caf\u00e9""#));
+        assert!(set.contains(&id(r#""café""#)));
+    }
+
+    #[test]
+    fn canonical_ids_are_not_copied() {
+        for text in [r#""plain""#, "0", "-12", "123456789012345678", r#""é""#] {
+            assert!(id(text).canonical.is_none(), "{text}");
+        }
+        for text in ["1e2", "1.0", "-0", "123456789012345678901", r#""\u0041""#] {
+            assert!(id(text).canonical.is_some(), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_null_id_makes_a_request_not_a_notification() {
+        let message = parse(r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#);
+        assert_eq!(message.kind(), Kind::Request);
+        assert!(message.id().is_some_and(Id::is_null));
+    }
+
+    #[test]
+    fn a_response_gets_the_id_text_of_the_request() {
+        let response = parse(r#"{"jsonrpc":"2.0","id":"café","result":{"id":"keep"}}"#);
+        let asked = id(r#""caf\u00e9""#);
+        let rewritten = response.with_id_text(&asked);
+        assert_eq!(
+            &rewritten.bytes()[..],
+            br#"{"jsonrpc":"2.0","id":"caf\u00e9","result":{"id":"keep"}}"#
+        );
+    }
+
+    fn input(line: &str) -> (Vec<Message>, Vec<serde_json::Value>) {
+        let (messages, replies) = Message::parse_input(Bytes::copy_from_slice(line.as_bytes()));
+        let replies = replies
+            .iter()
+            .map(|r| serde_json::from_slice(r.bytes()).expect("json"))
+            .collect();
+        (messages, replies)
+    }
+
+    #[test]
+    fn a_batch_keeps_its_valid_messages_and_refuses_the_others_by_id() {
+        let (messages, replies) =
+            input(r#"[{"id":1,"method":"a"},42,{"id":"x","method":7},{"method":"n"}]"#);
+        assert_eq!(messages.len(), 2);
+        assert_eq!(replies.len(), 2);
+        assert_eq!(replies[0]["id"], serde_json::Value::Null);
+        assert_eq!(replies[1]["id"], "x");
+        assert_eq!(replies[1]["error"]["code"], INVALID_REQUEST);
+    }
+
+    #[test]
+    fn broken_json_is_answered_under_each_readable_id() {
+        let (messages, replies) = input(r#"{"jsonrpc":"2.0","id":7,"method":"x","params":{"a":}}"#);
+        assert!(messages.is_empty());
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0]["id"], 7);
+        assert_eq!(replies[0]["error"]["code"], PARSE_ERROR);
+        // deeper than serde_json's recursion limit: still forwarded (the envelope is shallow)
+        let deep = format!(
+            r#"{{"id":"d","method":"x","params":{}{}}}"#,
+            "[".repeat(300),
+            "]".repeat(300)
+        );
+        let (messages, replies) = input(&deep);
+        assert_eq!((messages.len(), replies.len()), (1, 0));
+        // nothing readable: one error with id null
+        let (_, replies) = input("{nope");
+        assert_eq!(replies.len(), 1);
+        assert!(replies[0]["id"].is_null());
+    }
+
+    #[test]
+    fn the_scanner_skips_responses_nested_ids_and_strings() {
+        let ids = scan_request_ids(
+            br#"[{"id":1,"result":{}},{"params":{"id":9},"text":"\"id\":8,","id":"a\"b","method":"m"},{"id" : [1, 2] ,"method":"x"}"#,
+        );
+        let ids: Vec<&str> = ids.iter().map(Id::as_json).collect();
+        assert_eq!(ids, [r#""a\"b""#, "[1, 2]"]);
     }
 }

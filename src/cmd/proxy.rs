@@ -4,8 +4,9 @@
 //! the [`Upstream`] session, and writes what the daemon sends to stdout from another thread,
 //! one message per line. SIGINT is ignored (clients send it spuriously, sometimes to every
 //! server at once); stdin EOF, SIGTERM and SIGHUP end the session (DELETE, at most 0.5 s) and
-//! exit 0; a closed stdout exits at once. A malformed line is answered with a `-32700` error and
-//! the proxy goes on. A daemon that cannot be used answers every request with an error that
+//! exit 0; a closed stdout exits at once. A line that cannot be forwarded (malformed, too long,
+//! a bad batch element) is answered at once with an error under the id of each request in it
+//! that can be read (`null` when none can), and the proxy goes on. A daemon that cannot be used answers every request with an error that
 //! says which daemon, what failed and what to do.
 
 use std::io::{BufReader, Write};
@@ -26,7 +27,7 @@ use url::Url;
 
 use crate::cli::ProxyArgs;
 use crate::config::{Registry, Sharing, TransportKind};
-use crate::jsonrpc::{Kind, Message, PARSE_ERROR, UPSTREAM_ERROR};
+use crate::jsonrpc::{oversize_refusals, Kind, Message, UPSTREAM_ERROR};
 use crate::paths::Paths;
 use crate::supervise::client::{connect_or_start, ClientError, ManagerClient};
 use crate::supervise::secret;
@@ -348,31 +349,23 @@ fn spawn_stdin_reader(tx: mpsc::Sender<Input>, max_bytes: usize) {
             let stdin = BufReader::with_capacity(256 * 1024, std::io::stdin());
             let mut lines = LineReader::new(stdin, max_bytes);
             loop {
-                let input = match lines.next_line() {
-                    Ok(Some(Line::Message(bytes))) => match Message::parse_many(bytes) {
-                        Ok(messages) => Input::Messages(messages),
-                        Err(e) => Input::Reply(Message::error(
-                            None,
-                            PARSE_ERROR,
-                            &format!("Parse error: {e}. mcpsm skipped this line; send one JSON-RPC message per line"),
-                            None,
-                        )),
-                    },
-                    Ok(Some(Line::TooLong { bytes })) => Input::Reply(Message::error(
-                        None,
-                        PARSE_ERROR,
-                        &format!(
-                            "Parse error: a line of {bytes} bytes exceeds the limit of {max_bytes} bytes; mcpsm skipped it. hint: raise `mcpsm proxy --max-message-bytes`"
-                        ),
-                        None,
-                    )),
+                let (messages, replies) = match lines.next_line() {
+                    Ok(Some(Line::Message(bytes))) => Message::parse_input(bytes),
+                    Ok(Some(Line::TooLong { bytes, ids })) => {
+                        (Vec::new(), oversize_refusals(&ids, bytes, max_bytes))
+                    }
                     Ok(None) => return,
                     Err(e) => {
                         warn!("reading stdin failed: {e}; treating it as end of input");
                         return;
                     }
                 };
-                if tx.blocking_send(input).is_err() {
+                for reply in replies {
+                    if tx.blocking_send(Input::Reply(reply)).is_err() {
+                        return;
+                    }
+                }
+                if !messages.is_empty() && tx.blocking_send(Input::Messages(messages)).is_err() {
                     return;
                 }
             }

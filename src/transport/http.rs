@@ -24,7 +24,9 @@ pub fn client(url: &Url) -> Result<reqwest::Client, reqwest::Error> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(60));
+        .pool_idle_timeout(Duration::from_secs(60))
+        // Idle connections kept: no more than may be busy at once.
+        .pool_max_idle_per_host(slots().requests + slots().others);
     if is_loopback(url) {
         builder = builder.no_proxy();
     }
@@ -34,6 +36,59 @@ pub fn client(url: &Url) -> Result<reqwest::Client, reqwest::Error> {
         builder = builder.tls_certs_only([]);
     }
     builder.build()
+}
+
+/// How many messages of one session may use a connection to the daemon at once.
+///
+/// Each message on its way (or waiting for its answer) holds a connection: HTTP/1.1 carries one
+/// exchange at a time. Bounding them bounds the sockets a proxy opens, so a client that
+/// pipelines 1,000 calls does not need 1,000 file descriptors; the others wait their turn, in
+/// order (tokio's semaphore is fair). A connection lingers for a moment after its exchange
+/// before it is idle in the pool again, so up to twice the bound may be open: the bound leaves
+/// room for that within the process's open-file limit.
+#[derive(Clone, Copy, Debug)]
+pub struct Slots {
+    /// Requests (each may be a long `tools/call` stream).
+    pub requests: usize,
+    /// Notifications and answers to server requests, counted apart so that the answer a
+    /// `tools/call` waits for (an elicitation, say) never queues behind that call.
+    pub others: usize,
+}
+
+/// Most requests of one session in flight at once, whatever the open-file limit.
+const MAX_REQUESTS: usize = 64;
+/// Descriptors left for everything else (stdio, the runtime, the GET stream, the manager).
+const RESERVED_DESCRIPTORS: u64 = 32;
+
+pub fn slots() -> Slots {
+    static SLOTS: std::sync::OnceLock<Slots> = std::sync::OnceLock::new();
+    *SLOTS.get_or_init(|| {
+        // Busy and lingering connections, plus a quarter more for `others`: 2 × 1.25 × requests.
+        let room = open_file_limit().saturating_sub(RESERVED_DESCRIPTORS) * 2 / 5;
+        let requests = usize::try_from(room)
+            .unwrap_or(MAX_REQUESTS)
+            .clamp(4, MAX_REQUESTS);
+        Slots {
+            requests,
+            others: (requests / 4).max(2),
+        }
+    })
+}
+
+/// The soft limit on open files of this process (`ulimit -n`).
+// Belongs in the platform seam once there is one: this is the only such call in transport/.
+fn open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    if ok && limit.rlim_cur != libc::RLIM_INFINITY {
+        limit.rlim_cur
+    } else {
+        u64::MAX
+    }
 }
 
 /// reqwest is built without a default TLS provider (aws-lc is slow to build); use ring.

@@ -43,6 +43,10 @@ impl Session {
         })
     }
 
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// Opens the SSE stream now (used by `auto` detection).
     pub async fn connect(self: &Arc<Self>) -> Result<(), Failure> {
         self.endpoint().await.map(|_| ())

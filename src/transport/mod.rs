@@ -32,14 +32,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
-use tokio::sync::{mpsc, oneshot, Notify, OnceCell};
+use tokio::sync::{mpsc, oneshot, Notify, OnceCell, Semaphore, SemaphorePermit};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use url::Url;
 
 use crate::config::TransportKind;
-use crate::jsonrpc::{method, Id, Kind, Message, UPSTREAM_ERROR};
+use crate::jsonrpc::{method, Id, Kind, Message, INVALID_REQUEST, UPSTREAM_ERROR};
 
 /// What an [`Upstream`] connects to and how it talks about it.
 #[derive(Debug, Clone)]
@@ -100,6 +100,9 @@ pub(crate) enum Failure {
     Recovery(String),
     /// TLS could not be set up (an untrusted certificate, say).
     Tls(String),
+    /// This process ran out of something (file descriptors, memory, local ports): a failure
+    /// of this one message, not a sign that the daemon went away.
+    LocalResource(String),
 }
 
 impl Failure {
@@ -151,6 +154,9 @@ pub(crate) struct Shared {
     recovery: Mutex<recovery::State>,
     wake_recovery: Notify,
     hooks: Hooks,
+    /// Bound the connections to the daemon: see [`http::Slots`].
+    requests_in_flight: Semaphore,
+    others_in_flight: Semaphore,
 }
 
 impl Shared {
@@ -159,10 +165,16 @@ impl Shared {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn track(&self, message: &Message) {
+    /// Starts waiting for the answer to a request. False when a request with the same id (by
+    /// value) is still waiting: its answer could not be told from this one's.
+    fn track(&self, message: &Message) -> bool {
         if let (Kind::Request, Some(id)) = (message.kind(), message.id()) {
+            let mut pending = self.pending();
+            if pending.contains_key(id) {
+                return false;
+            }
             let method = message.method().unwrap_or_default().into();
-            self.pending().insert(
+            pending.insert(
                 id.clone(),
                 Pending {
                     method,
@@ -172,6 +184,39 @@ impl Shared {
                 },
             );
         }
+        true
+    }
+
+    /// Tracks a client request, or says why it cannot be sent: an id MCP does not allow, or an
+    /// id (by value) that another request still waiting for its answer has.
+    fn admit(&self, request: &Message) -> Option<Message> {
+        let id = request.id()?;
+        let label = &self.options.label;
+        let why = if id.is_null() {
+            format!("Invalid request: `\"id\": null` is not allowed in MCP (a request needs a string or integer id; a message without an id is a notification); mcpsm did not send it to {label}. hint: give the request a string or integer id")
+        } else if !id.is_string_or_number() {
+            format!("Invalid request: the id {id} is neither a string nor a number; mcpsm did not send it to {label}. hint: give the request a string or integer id")
+        } else if !self.track(request) {
+            let method = self
+                .pending()
+                .get(id)
+                .map_or_else(String::new, |p| format!(" `{}`", p.method));
+            format!("Invalid request: id {id} is already in flight (an earlier{method} request with this id has not been answered yet); mcpsm did not send this request to {label}, so that the two answers cannot be confused. hint: give every request in flight its own id")
+        } else {
+            return None;
+        };
+        debug!(%id, "refused a request: {why}");
+        Some(Message::error(Some(id), INVALID_REQUEST, &why, None))
+    }
+
+    /// Waits for a connection slot for `message` (see [`http::Slots`]).
+    async fn slot(&self, message: &Message) -> Option<SemaphorePermit<'_>> {
+        let slots = match message.kind() {
+            Kind::Request => &self.requests_in_flight,
+            Kind::Notification | Kind::Response => &self.others_in_flight,
+        };
+        // Never closed, so this always gives a permit.
+        slots.acquire().await.ok()
     }
 
     fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -209,18 +254,23 @@ impl Shared {
     /// request is pending, so the client never sees two answers to one request.
     pub async fn deliver(&self, message: Message) {
         match (message.kind(), message.id()) {
-            (Kind::Response, Some(id)) => {
-                let known = self.pending().remove(id).is_some();
-                if !known {
+            (Kind::Response, Some(id)) if !id.is_null() => {
+                // Matched by value: the daemon may have written the id another way.
+                let Some((asked, _)) = self.pending().remove_entry(id) else {
                     debug!(%id, "dropping a response to no pending request");
                     return;
-                }
+                };
                 self.idle.notify_waiters();
+                let message = if asked.as_json() == id.as_json() {
+                    message
+                } else {
+                    // The client gets its id back exactly as it wrote it.
+                    message.with_id_text(&asked)
+                };
                 if !self.established.load(Ordering::Acquire) {
                     self.note_initialize_result(&message);
                 }
-                let id = id.clone();
-                self.respond(&id, message).await;
+                self.respond(&asked, message).await;
                 return;
             }
             (Kind::Request, Some(id)) => {
@@ -254,12 +304,12 @@ impl Shared {
 
     /// Answers request `id` with an error, unless it was answered already.
     pub async fn fail(&self, id: &Id, failure: &Failure) {
-        let Some(pending) = self.pending().remove(id) else {
+        let Some((id, pending)) = self.pending().remove_entry(id) else {
             return;
         };
         self.idle.notify_waiters();
-        let error = self.error_message(id, &pending.method, failure);
-        self.respond(id, error).await;
+        let error = self.error_message(&id, &pending.method, failure);
+        self.respond(&id, error).await;
     }
 
     /// Answers every pending request with an error.
@@ -366,6 +416,11 @@ impl Shared {
                 UPSTREAM_ERROR,
                 "if the server's certificate comes from a private CA, point SSL_CERT_FILE at the CA certificate in the environment mcpsm runs in",
             ),
+            Failure::LocalResource(cause) => (
+                format!("mcpsm could not open a connection to {label}: {cause}; this is a limit of the proxy's own process, not a fault of the daemon, and only this request failed"),
+                UPSTREAM_ERROR,
+                "raise the open-file limit (`ulimit -n`) of the MCP client that starts mcpsm, or send fewer requests at once",
+            ),
             Failure::Recovery(why) => (
                 format!("{label} went away and mcpsm could not get it back: {why}"),
                 UPSTREAM_ERROR,
@@ -411,6 +466,11 @@ enum Mode {
 
 impl Mode {
     async fn send(&self, message: Message) {
+        let shared = match self {
+            Mode::Streamable(session) => session.shared(),
+            Mode::Legacy(session) => session.shared(),
+        };
+        let _slot = shared.slot(&message).await;
         match self {
             Mode::Streamable(session) => session.send(message).await,
             Mode::Legacy(session) => session.send(message).await,
@@ -460,6 +520,8 @@ impl Upstream {
             recovery: Mutex::new(recovery::State::default()),
             wake_recovery: Notify::new(),
             hooks,
+            requests_in_flight: Semaphore::new(http::slots().requests),
+            others_in_flight: Semaphore::new(http::slots().others),
         });
         let mode = match transport.wire() {
             TransportKind::StreamableHttp | TransportKind::Stdio => OnceCell::new_with(Some(
@@ -492,6 +554,13 @@ impl Upstream {
     /// `notifications/initialized` are awaited, so the session exists before anything else.
     /// While the daemon is being recovered, messages wait in a bounded queue.
     pub async fn send(self: &Arc<Self>, message: Message) {
+        if message.kind() == Kind::Request {
+            if let Some(refusal) = self.shared.admit(&message) {
+                // Fails only when the client side is gone; then nobody is left to tell.
+                let _ = self.shared.out.send(refusal.bytes().clone()).await;
+                return;
+            }
+        }
         match (message.kind(), message.method()) {
             (Kind::Response, _) if !self.shared.answers_current_session(&message) => return,
             (Kind::Request, Some(method::INITIALIZE)) => {
@@ -507,7 +576,6 @@ impl Upstream {
             }
             _ => {}
         }
-        self.shared.track(&message);
         match self.shared.queue_if_recovering(message) {
             recovery::Queued::No(message) => self.dispatch(message).await,
             recovery::Queued::Yes => {}

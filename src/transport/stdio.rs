@@ -2,12 +2,16 @@
 //!
 //! One message per `\n`-terminated line. A trailing `\r`, a UTF-8 byte-order mark and blank
 //! lines are tolerated. Lines may be many megabytes (base64 images), so the bound is generous;
-//! a longer line is skipped to its end and reported as [`Line::TooLong`], never buffered whole.
+//! a longer line is skipped to its end and reported as [`Line::TooLong`], never buffered whole;
+//! the ids of the requests in it are picked out on the way ([`IdScanner`]), so each can still be
+//! answered under its own id.
 //! Reading is blocking: the proxy runs it on a thread of its own.
 
 use std::io::{self, BufRead};
 
 use bytes::Bytes;
+
+use crate::jsonrpc::{Id, IdScanner};
 
 /// Default bound on one message: 64 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -18,8 +22,9 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 pub enum Line {
     /// A line's content, without its terminator, BOM or trailing `\r`.
     Message(Bytes),
-    /// A line longer than the bound; its content was discarded.
-    TooLong { bytes: usize },
+    /// A line longer than the bound; its content was discarded, but for the ids of the
+    /// requests it holds.
+    TooLong { bytes: usize, ids: Vec<Id> },
 }
 
 pub struct LineReader<R> {
@@ -38,8 +43,11 @@ impl<R: BufRead> LineReader<R> {
             let Some((line, total, overflow)) = self.read_raw()? else {
                 return Ok(None);
             };
-            if overflow {
-                return Ok(Some(Line::TooLong { bytes: total }));
+            if let Some(scanner) = overflow {
+                return Ok(Some(Line::TooLong {
+                    bytes: total,
+                    ids: scanner.finish(),
+                }));
             }
             let mut content: &[u8] = &line;
             content = content.strip_prefix(BOM).unwrap_or(content);
@@ -56,11 +64,13 @@ impl<R: BufRead> LineReader<R> {
         }
     }
 
-    /// Reads up to the next `\n`: (content, total length, whether it overflowed the bound).
-    fn read_raw(&mut self) -> io::Result<Option<(Vec<u8>, usize, bool)>> {
+    /// Reads up to the next `\n`: (content, total length, and when it overflowed the bound, the
+    /// scanner that read it for ids).
+    #[allow(clippy::type_complexity)]
+    fn read_raw(&mut self) -> io::Result<Option<(Vec<u8>, usize, Option<IdScanner>)>> {
         let mut line = Vec::new();
         let mut total = 0usize;
-        let mut overflow = false;
+        let mut overflow: Option<IdScanner> = None;
         let mut saw_any = false;
         loop {
             let buf = match self.inner.fill_buf() {
@@ -77,13 +87,16 @@ impl<R: BufRead> LineReader<R> {
                 None => (buf, None),
             };
             total += chunk.len();
-            if !overflow {
-                if line.len() + chunk.len() > self.max_bytes {
-                    overflow = true;
+            match &mut overflow {
+                Some(scanner) => scanner.feed(chunk),
+                None if line.len() + chunk.len() > self.max_bytes => {
+                    let mut scanner = IdScanner::default();
+                    scanner.feed(&line);
+                    scanner.feed(chunk);
+                    overflow = Some(scanner);
                     line = Vec::new();
-                } else {
-                    line.extend_from_slice(chunk);
                 }
+                None => line.extend_from_slice(chunk),
             }
             let consumed = done.unwrap_or(buf.len());
             self.inner.consume(consumed);
@@ -129,7 +142,24 @@ mod tests {
         let input = b"{\"long\":\"0123456789\"}\n{\"ok\":1}\n";
         assert_eq!(
             lines(input, 12),
-            [Line::TooLong { bytes: 21 }, message("{\"ok\":1}")]
+            [
+                Line::TooLong {
+                    bytes: 21,
+                    ids: Vec::new()
+                },
+                message("{\"ok\":1}")
+            ]
         );
+    }
+
+    #[test]
+    fn the_ids_of_a_too_long_line_are_found() {
+        let input = b"[{\"id\":\"a\",\"method\":\"m\",\"params\":{\"x\":\"0123456789\"}},{\"method\":\"n\",\"id\":2}]\n";
+        let found = lines(input, 12);
+        let Line::TooLong { ids, .. } = &found[0] else {
+            panic!("{found:?}");
+        };
+        let ids: Vec<&str> = ids.iter().map(Id::as_json).collect();
+        assert_eq!(ids, ["\"a\"", "2"]);
     }
 }

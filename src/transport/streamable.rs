@@ -85,6 +85,10 @@ impl Session {
         })
     }
 
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// Forgets the daemon session: the next `initialize` starts a new one, with a new GET
     /// stream.
     pub fn reset(&self) {
@@ -252,10 +256,24 @@ impl Session {
                     return self.shared.report(message, &failure).await;
                 }
             };
+            let mut other_ids = Vec::new();
+            let mut null_error = None;
             if !body.iter().all(u8::is_ascii_whitespace) {
                 match Message::parse_many(body) {
                     Ok(messages) => {
                         for reply in messages {
+                            if reply.kind() == Kind::Response && reply.id() != awaited {
+                                match reply.id() {
+                                    // An error the server could not tie to a request: this
+                                    // request's, since it is this request's answer.
+                                    Some(id) if id.is_null() && awaited.is_some() => {
+                                        null_error = error_of(&reply);
+                                        continue;
+                                    }
+                                    Some(id) => other_ids.push(id.to_string()),
+                                    None => {}
+                                }
+                            }
                             self.receive(reply).await;
                         }
                     }
@@ -267,7 +285,30 @@ impl Session {
                     }
                 }
             }
-            // 202 or an empty 200 for a request: its response comes on the GET stream.
+            // A request's answer is the body itself (the spec allows nothing else for a
+            // JSON answer): a request still waiting now would wait forever.
+            if let Some(id) = awaited.filter(|id| self.shared.is_pending(id)) {
+                if let Some((code, text)) = null_error {
+                    let failure = Failure::Rejected {
+                        status: status.as_u16(),
+                        code,
+                        message: text,
+                    };
+                    return self.shared.fail(id, &failure).await;
+                }
+                let what = if other_ids.is_empty() {
+                    format!(
+                        "it answered the request with HTTP {} and no response in the body",
+                        status.as_u16()
+                    )
+                } else {
+                    format!(
+                        "it answered the request with a response for another id ({}), not for id {id}",
+                        other_ids.join(", ")
+                    )
+                };
+                return self.shared.fail(id, &Failure::Protocol(what)).await;
+            }
         }
         if message.method() == Some(method::INITIALIZED) {
             self.start_get_stream();
@@ -526,7 +567,7 @@ impl Session {
                     }
                     failures += 1;
                 }
-                Err(e) if e.is_connect() => {
+                Err(e) if e.is_connect() && local_resource(&e).is_none() => {
                     // The daemon is gone: get it back now rather than at the next request.
                     debug!("GET stream failed: {}", cause(&e));
                     self.shared.trigger_recovery();
@@ -601,7 +642,10 @@ fn error_of(reply: &Message) -> Option<(i64, String)> {
 /// request went out on a kept-alive connection), whereas a server that read the request and
 /// then died closes the connection normally, and that request may have run.
 pub(crate) fn failure_of(error: &reqwest::Error) -> Failure {
-    if is_tls(error) {
+    if let Some(cause) = local_resource(error) {
+        // The daemon may be perfectly well: never start a recovery for this.
+        Failure::LocalResource(cause)
+    } else if is_tls(error) {
         // Waiting will not make a certificate trusted: no recovery for this one.
         Failure::Tls(cause(error))
     } else if error.is_connect() || was_reset(error) {
@@ -609,6 +653,21 @@ pub(crate) fn failure_of(error: &reqwest::Error) -> Failure {
     } else {
         Failure::StreamEnded(format!("the connection broke ({})", cause(error)))
     }
+}
+
+/// The cause, when the error is this process running out of something (file descriptors,
+/// memory, local ports) rather than anything the daemon did.
+pub(crate) fn local_resource(error: &reqwest::Error) -> Option<String> {
+    let exhausted = any_cause(error, |e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+                || matches!(
+                    io.kind(),
+                    std::io::ErrorKind::OutOfMemory | std::io::ErrorKind::AddrNotAvailable
+                )
+        })
+    });
+    exhausted.then(|| cause(error))
 }
 
 fn is_tls(error: &reqwest::Error) -> bool {

@@ -408,3 +408,109 @@ fn json_responses_are_forwarded_byte_for_byte_in_meaning() {
         true
     );
 }
+
+#[test]
+fn an_empty_200_to_a_request_is_answered_with_an_error_at_once() {
+    let fake = Fake::start(mcp_router(|_, _| {
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::empty())
+            .expect("response")
+    }));
+    let home = TestHome::new();
+    let mut proxy = proxy_to(&fake, &home);
+    proxy.send(&call_tool(11, "x", json!({})));
+    let (response, _) = proxy.recv_response(&json!(11));
+    let message = error_of(&response)["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("HTTP 200 and no response") && message.contains(&fake.url),
+        "{message}"
+    );
+    assert!(message.contains("hint:"), "{message}");
+    proxy.assert_silent_for(Duration::from_millis(200));
+}
+
+#[test]
+fn a_response_for_another_id_is_answered_with_an_error_at_once() {
+    let fake = Fake::start(mcp_router(|_, _| {
+        json_response(
+            StatusCode::OK,
+            &json!({"jsonrpc": "2.0", "id": "someone-else", "result": {}}),
+        )
+    }));
+    let home = TestHome::new();
+    let mut proxy = proxy_to(&fake, &home);
+    proxy.send(&call_tool(12, "x", json!({})));
+    let (response, before) = proxy.recv_response(&json!(12));
+    assert!(
+        before.is_empty(),
+        "nothing else reaches the client: {before:?}"
+    );
+    let message = error_of(&response)["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("another id") && message.contains("someone-else"),
+        "{message}"
+    );
+    proxy.send(&request(13, "ping", json!({})));
+    let (next, _) = proxy.recv_response(&json!(13));
+    error_of(&next);
+}
+
+/// 400 calls written at once to a proxy that may open only 128 files: before, one socket per
+/// call ran out of descriptors, and each EMFILE was taken for a dead daemon (recoveries,
+/// re-initialize, list_changed, 30 s). Now the connections are bounded and every call is
+/// answered by the daemon, with no recovery.
+#[test]
+fn pipelined_calls_under_a_low_file_limit_complete_without_recovery() {
+    const CALLS: i64 = 400;
+    let fake = Fake::start(mcp_router(with_session(|message, _| {
+        sse_response(vec![
+            Chunk::Pause(Duration::from_millis(100)),
+            event(&result_for(&message, json!({"content": []}))),
+        ])
+    })));
+    let home = TestHome::new();
+    let mut command = home.command("sh");
+    command.args([
+        "-c",
+        r#"ulimit -n 128 && exec "$0" proxy --url "$1" --transport streamable-http"#,
+        &crate::support::bin().display().to_string(),
+        &fake.url,
+    ]);
+    let mut proxy = Proxy::spawn_command(command);
+    proxy.initialize();
+    let mut batch = Vec::new();
+    for id in 1..=CALLS {
+        let mut line = serde_json::to_vec(&call_tool(id, "work", json!({}))).expect("json");
+        line.push(b'\n');
+        batch.extend_from_slice(&line);
+    }
+    let started = std::time::Instant::now();
+    proxy.send_raw(&batch);
+    let mut answered = std::collections::BTreeSet::new();
+    while answered.len() < CALLS as usize {
+        let message = proxy.recv();
+        assert!(
+            message.get("method").is_none(),
+            "no notification (a recovery sends list_changed): {message}"
+        );
+        assert!(message.get("result").is_some(), "{message}");
+        let id = message["id"].as_i64().expect("numeric id");
+        assert!(answered.insert(id), "id {id} answered twice");
+    }
+    eprintln!(
+        "{CALLS} pipelined calls under ulimit -n 128: {:?}",
+        started.elapsed()
+    );
+    let stderr = proxy.stderr();
+    assert!(
+        !stderr.contains("went away") && !stderr.contains("reconnecting"),
+        "no recovery:\n{stderr}"
+    );
+    assert_eq!(
+        fake.with_rpc_method("initialize").len(),
+        1,
+        "no re-initialize"
+    );
+}

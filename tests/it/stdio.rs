@@ -38,7 +38,13 @@ fn malformed_json_gets_a_parse_error_and_the_proxy_goes_on() {
     let fake = sizing_daemon();
     let home = TestHome::new();
     let mut proxy = proxy(&fake, &home, &[]);
+    // The id can be read: the client waits for it, so the error carries it.
     proxy.send_raw(b"{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \n");
+    let error = proxy.recv();
+    assert_eq!(error["id"], 1);
+    assert_eq!(error_of(&error)["code"], -32700);
+    // Nothing can be read: id null.
+    proxy.send_raw(b"{nothing readable\n");
     let error = proxy.recv();
     assert_eq!(error["id"], Value::Null);
     assert_eq!(error_of(&error)["code"], -32700);
@@ -107,6 +113,10 @@ fn a_line_over_the_limit_gets_a_clear_error_and_reading_goes_on() {
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    assert_eq!(
+        error["id"], 1,
+        "the request's own id, read from the skipped line"
+    );
     assert_eq!(error_of(&error)["code"], -32700);
     assert!(
         message.contains("4096") && message.contains("--max-message-bytes"),

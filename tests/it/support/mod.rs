@@ -175,6 +175,23 @@ impl Proxy {
         self.stdin = None;
     }
 
+    /// The next line on stdout, as written.
+    #[track_caller]
+    pub fn recv_line(&mut self) -> String {
+        match self.lines.recv_timeout(DEADLINE) {
+            Ok(line) => line,
+            Err(_) => panic!(
+                "no message from the proxy within {DEADLINE:?}\n--- proxy stderr ---\n{}",
+                self.stderr()
+            ),
+        }
+    }
+
+    /// The next line on stdout, as written, if one comes within `limit`.
+    pub fn try_recv_line(&mut self, limit: Duration) -> Result<String, mpsc::RecvTimeoutError> {
+        self.lines.recv_timeout(limit)
+    }
+
     /// The next line on stdout, parsed.
     #[track_caller]
     pub fn recv(&mut self) -> Value {

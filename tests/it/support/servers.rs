@@ -257,3 +257,26 @@ pub fn run_with_deadline(mut command: Command, limit: Duration) -> std::process:
         }
     }
 }
+
+/// `mcpsm demo-server` (the built-in demo server, which re-serializes ids the way serde_json
+/// does) on a free port.
+pub fn demo_server(home: &super::TestHome) -> Server {
+    let port = free_port();
+    let mut command = home.mcpsm();
+    command
+        .args(["demo-server", "--port", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let child = command.spawn().expect("spawn mcpsm demo-server");
+    let server = Server {
+        child,
+        port,
+        url: format!("http://127.0.0.1:{port}/mcp"),
+    };
+    wait_for(DEADLINE, "the demo server to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    server
+}
