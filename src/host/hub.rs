@@ -572,6 +572,16 @@ impl Hub {
             .id()
             .map(|i| i.as_json().to_owned())
             .unwrap_or_else(|| "null".into());
+        if !message.id().is_some_and(|id| id.is_string_or_number()) {
+            let refusal = Message::error(
+                None,
+                crate::jsonrpc::INVALID_REQUEST,
+                &format!("Invalid Request: the id must be a string or a number, got {id_json}"),
+                None,
+            );
+            let _ = reply.send(refusal.bytes().clone()).await;
+            return;
+        }
         if let Some(method @ ("resources/subscribe" | "resources/unsubscribe")) = message.method() {
             let uri = message.peek_params().uri.unwrap_or_default();
             let subscribe = method == "resources/subscribe";
