@@ -246,6 +246,10 @@ pub struct Hub {
     /// Kills the running child (it is hung); the supervisor restarts it.
     kill: tokio::sync::Notify,
     health: Mutex<Health>,
+    /// 2026-07-28 `subscriptions/listen` streams the hub serves itself.
+    listeners: Mutex<Vec<Listener>>,
+    /// When a request last came (sessionless clients use a child without a session).
+    last_request: Mutex<Instant>,
     stdin: Mutex<Option<mpsc::Sender<Bytes>>>,
     routes: Mutex<Routes>,
     sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
@@ -259,6 +263,18 @@ pub struct Hub {
     /// Cancelled once the child is gone for good after a shutdown.
     done: CancellationToken,
 }
+
+/// A `subscriptions/listen` stream: which notifications it wants, under which subscription id.
+struct Listener {
+    sink: Sink,
+    /// The listen request's id, as JSON.
+    subscription: String,
+    /// Notification methods, e.g. `notifications/tools/list_changed`.
+    wants: HashSet<String>,
+}
+
+/// The key of a 2026-07-28 notification's subscription in `params._meta`.
+pub const META_SUBSCRIPTION: &str = "io.modelcontextprotocol/subscriptionId";
 
 /// The child's answers to the hub's pings.
 #[derive(Debug, Clone, Default)]
@@ -283,6 +299,8 @@ impl Hub {
             pid: Mutex::new(None),
             kill: tokio::sync::Notify::new(),
             health: Mutex::new(Health::default()),
+            listeners: Mutex::new(Vec::new()),
+            last_request: Mutex::new(Instant::now()),
             stdin: Mutex::new(None),
             routes: Mutex::new(Routes::default()),
             sessions: Mutex::new(HashMap::new()),
@@ -567,7 +585,18 @@ impl Hub {
     }
 
     /// A request from a session; its answer (and whatever relates to it) goes to `reply`.
-    pub async fn request(&self, session: &SessionId, message: Message, reply: Sink) {
+    /// How long since the last request; a child with listeners open counts as in use.
+    pub fn idle_for(&self) -> Duration {
+        let listening = lock(&self.listeners).iter().any(|l| !l.sink.is_closed());
+        if listening || !lock(&self.routes).requests.is_empty() {
+            return Duration::ZERO;
+        }
+        lock(&self.last_request).elapsed()
+    }
+
+    /// Returns the id the child saw, while the request is in flight.
+    pub async fn request(&self, session: &SessionId, message: Message, reply: Sink) -> Option<u64> {
+        *lock(&self.last_request) = Instant::now();
         let id_json = message
             .id()
             .map(|i| i.as_json().to_owned())
@@ -580,7 +609,7 @@ impl Hub {
                 None,
             );
             let _ = reply.send(refusal.bytes().clone()).await;
-            return;
+            return None;
         }
         if let Some(method @ ("resources/subscribe" | "resources/unsubscribe")) = message.method() {
             let uri = message.peek_params().uri.unwrap_or_default();
@@ -602,12 +631,12 @@ impl Hub {
                         r#"{{"jsonrpc":"2.0","id":{id_json},"result":{{}}}}"#
                     )))
                     .await;
-                return;
+                return None;
             }
         }
         if let Err(why) = self.wait_ready().await {
             let _ = reply.send(error_bytes(Some(&id_json), &why)).await;
-            return;
+            return None;
         }
         let upstream = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (bytes, progress) = match rewrite_request(&message, upstream) {
@@ -619,7 +648,7 @@ impl Hub {
                         "mcpsm could not read this request",
                     ))
                     .await;
-                return;
+                return None;
             }
         };
         {
@@ -638,6 +667,42 @@ impl Hub {
             );
         }
         self.write(bytes).await;
+        Some(upstream)
+    }
+
+    /// Gives up on a request still in flight (its client closed the stream: a 2026-07-28
+    /// cancellation) and tells the child.
+    pub async fn cancel(&self, upstream: u64) {
+        let removed = {
+            let mut routes = lock(&self.routes);
+            routes.progress.remove(&progress_token(upstream));
+            routes.requests.remove(&upstream).is_some()
+        };
+        if removed {
+            let notification = json!({"jsonrpc": "2.0", "method": method::CANCELLED, "params": {"requestId": upstream, "reason": "the client closed the request's stream"}});
+            self.write(Bytes::from(notification.to_string())).await;
+        }
+    }
+
+    /// A 2026-07-28 `subscriptions/listen` served by the hub for a child that speaks an
+    /// older revision: list changes the filter asks for go to `sink` until it closes.
+    pub fn listen(&self, sink: Sink, subscription: String, wants: HashSet<String>) {
+        lock(&self.listeners).push(Listener {
+            sink,
+            subscription,
+            wants,
+        });
+    }
+
+    /// The child's InitializeResult, once it is initialized.
+    pub fn init_result(&self) -> Option<Value> {
+        lock(&self.init).result.clone()
+    }
+
+    /// The hub's own request to the child, for callers above it.
+    pub async fn ask(&self, message: Message, limit: Duration) -> Result<Message, String> {
+        self.wait_ready().await?;
+        self.call(message, limit).await
     }
 
     /// The hub's own request to the child; waits for the answer up to `limit`.
@@ -958,6 +1023,29 @@ impl Hub {
 
     fn route_notification(&self, message: Message) {
         let method = message.method().unwrap_or_default();
+        let value: Value = serde_json::from_slice(message.bytes()).unwrap_or_default();
+        if let Some(subscription) = value["params"]["_meta"].get(META_SUBSCRIPTION) {
+            // A 2026-07-28 child's notification for one `subscriptions/listen` stream: the
+            // subscription id is the id the child saw for the listen request.
+            let routes = lock(&self.routes);
+            let request = subscription
+                .as_u64()
+                .or_else(|| subscription.as_str()?.parse().ok())
+                .and_then(|upstream| routes.requests.get(&upstream));
+            if let Some(InFlight {
+                original_id,
+                reply: Reply::Stream(reply),
+                ..
+            }) = request
+            {
+                let mut value = value.clone();
+                value["params"]["_meta"][META_SUBSCRIPTION] =
+                    serde_json::from_str(original_id).unwrap_or(Value::Null);
+                spawn_send(reply.clone(), Bytes::from(value.to_string()));
+            }
+            return;
+        }
+        self.notify_listeners(method, &value);
         if method == "notifications/progress" {
             let value: Value = serde_json::from_slice(message.bytes()).unwrap_or_default();
             let token = value["params"]["progressToken"].to_string();
@@ -1019,6 +1107,23 @@ fn kill_tree(pid: Option<u32>) {
         if let Ok(target) = i32::try_from(member) {
             // SAFETY: kill(2) on a process of the tree this hub started.
             unsafe { libc::kill(target, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Hub {
+    /// Hands a list change to the `subscriptions/listen` streams that asked for it.
+    fn notify_listeners(&self, method: &str, value: &Value) {
+        let mut listeners = lock(&self.listeners);
+        listeners.retain(|l| !l.sink.is_closed());
+        for listener in listeners.iter().filter(|l| l.wants.contains(method)) {
+            let mut value = value.clone();
+            if !value["params"].is_object() {
+                value["params"] = json!({});
+            }
+            value["params"]["_meta"][META_SUBSCRIPTION] =
+                serde_json::from_str(&listener.subscription).unwrap_or(Value::Null);
+            spawn_send(listener.sink.clone(), Bytes::from(value.to_string()));
         }
     }
 }

@@ -29,6 +29,7 @@
 //! SIGTERM it ends every stream and stops its children at once.
 
 pub mod hub;
+pub mod modern;
 pub mod negotiate;
 
 use std::collections::HashMap;
@@ -96,6 +97,8 @@ struct Front {
     sessions: Mutex<HashMap<SessionId, Arc<Attached>>>,
     /// Serializes the choice (and start) of a session's child.
     choosing: tokio::sync::Mutex<()>,
+    /// Whether the server speaks 2026-07-28 itself, once a sessionless request asked.
+    sessionless: tokio::sync::Mutex<Option<bool>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -138,6 +141,100 @@ impl Front {
             && key.compatibility == Compatibility::Bridged
     }
 
+    /// The child a sessionless (2026-07-28) request goes to; see [`modern`].
+    async fn sessionless_route(
+        &self,
+        headers: &HeaderMap,
+        request: &Value,
+    ) -> Result<modern::Route, String> {
+        let cwd = match self.options.sharing {
+            Sharing::PerProject => client_cwd(headers)?,
+            _ => None,
+        };
+        let speaks = {
+            let mut decided = self.sessionless.lock().await;
+            match *decided {
+                Some(speaks) => speaks,
+                None => {
+                    let _one_at_a_time = self.choosing.lock().await;
+                    let (hub, key, started) =
+                        self.group_hub(cwd.clone(), Compatibility::Sessionless)?;
+                    let speaks = modern::speaks_sessionless(&hub, request).await;
+                    if !speaks && started {
+                        hub.shutdown();
+                        self.groups().remove(&key);
+                    }
+                    info!(
+                        "sessionless (2026-07-28) clients: the server {}",
+                        if speaks {
+                            "speaks 2026-07-28 itself"
+                        } else {
+                            "does not speak 2026-07-28; mcpsm bridges"
+                        }
+                    );
+                    *decided = Some(speaks);
+                    speaks
+                }
+            }
+        };
+        let compatibility = if speaks {
+            Compatibility::Sessionless
+        } else {
+            Compatibility::Bridged
+        };
+        let hub = {
+            let _one_at_a_time = self.choosing.lock().await;
+            self.group_hub(cwd, compatibility)?.0
+        };
+        if speaks {
+            return Ok(modern::Route::Native(hub));
+        }
+        if hub.init_result().is_none() {
+            let initialize =
+                Message::parse(Bytes::from(modern::initialize_for(request).to_string()))
+                    .map_err(|e| e.to_string())?;
+            if let Err(answer) = hub.initialize(&initialize).await {
+                return Err(String::from_utf8_lossy(&answer).into_owned());
+            }
+            let initialized = Message::parse(Bytes::from_static(
+                br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            ))
+            .map_err(|e| e.to_string())?;
+            hub.from_client(&Arc::from("sessionless"), initialized)
+                .await;
+        }
+        Ok(modern::Route::Bridged(hub))
+    }
+
+    /// The child of group (`cwd`, `compatibility`): found, or started (within `max-sessions`).
+    fn group_hub(
+        &self,
+        cwd: Option<PathBuf>,
+        compatibility: Compatibility,
+    ) -> Result<(Arc<Hub>, GroupKey, bool), String> {
+        let key = GroupKey { cwd, compatibility };
+        if let Some(hub) = self.groups().get(&key) {
+            return Ok((hub.clone(), key, false));
+        }
+        self.check_room()?;
+        let hub = self.start_hub(key.cwd.clone(), key.compatibility.clone());
+        self.groups().insert(key.clone(), hub.clone());
+        Ok((hub, key, true))
+    }
+
+    /// An error naming `max-sessions` when another child would be one too many.
+    fn check_room(&self) -> Result<(), String> {
+        let running = self.hubs().len();
+        let max = self.options.max_children;
+        if running >= max {
+            return Err(format!(
+                "daemon \"{}\" already runs {running} server processes, its `max-sessions` ({max}); end a client session, or raise `max-sessions` in the registry",
+                self.options.command.name
+            ));
+        }
+        Ok(())
+    }
+
     /// Stops every child and ends every stream.
     fn close_all(&self) {
         for attached in self.sessions().values() {
@@ -161,6 +258,7 @@ pub async fn run(
         groups: Mutex::new(HashMap::new()),
         sessions: Mutex::new(HashMap::new()),
         choosing: tokio::sync::Mutex::new(()),
+        sessionless: tokio::sync::Mutex::new(None),
     });
     if front.options.sharing == Sharing::Shared {
         let key = GroupKey {
@@ -321,7 +419,7 @@ fn sse(rx: mpsc::Receiver<Bytes>) -> Body {
     Body::from_stream(stream)
 }
 
-fn sse_response(rx: mpsc::Receiver<Bytes>) -> Response {
+pub(crate) fn sse_response(rx: mpsc::Receiver<Bytes>) -> Response {
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
@@ -345,6 +443,9 @@ async fn post_mcp(State(front): State<Arc<Front>>, headers: HeaderMap, body: Byt
         .find(|m| m.is_request() && m.method() == Some(method::INITIALIZE))
     {
         return initialize_session(&front, &headers, initialize).await;
+    }
+    if !headers.contains_key(SESSION_HEADER) && modern::is_sessionless(&headers, &messages) {
+        return modern::post(&front, &headers, messages).await;
     }
     let attached = match session_of(&front, &headers) {
         Ok(attached) => attached,
@@ -430,14 +531,7 @@ fn choose_child(
             return Ok((hub.clone(), Some(key.clone()), false));
         }
     }
-    let running = front.hubs().len();
-    let max = front.options.max_children;
-    if running >= max {
-        return Err(format!(
-            "daemon \"{}\" already runs {running} server processes, its `max-sessions` ({max}); end a client session, or raise `max-sessions` in the registry",
-            front.options.command.name
-        ));
-    }
+    front.check_room()?;
     let (cwd, compatibility) = match &key {
         Some(key) => (key.cwd.clone(), key.compatibility.clone()),
         None => (None, compatibility),
@@ -524,6 +618,9 @@ async fn initialize_session(
 }
 
 async fn get_mcp(State(front): State<Arc<Front>>, headers: HeaderMap) -> Response {
+    if !headers.contains_key(SESSION_HEADER) && modern::is_sessionless_header(&headers) {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
     let attached = match session_of(&front, &headers) {
         Ok(attached) => attached,
         Err(response) => return *response,
@@ -540,6 +637,9 @@ async fn get_mcp(State(front): State<Arc<Front>>, headers: HeaderMap) -> Respons
 }
 
 async fn delete_mcp(State(front): State<Arc<Front>>, headers: HeaderMap) -> Response {
+    if !headers.contains_key(SESSION_HEADER) && modern::is_sessionless_header(&headers) {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
     let attached = match session_of(&front, &headers) {
         Ok(attached) => attached,
         Err(response) => return *response,
@@ -593,7 +693,10 @@ async fn reap(front: Arc<Front>) {
             .map(|(k, h)| (k.clone(), h.clone()))
             .collect();
         for (key, hub) in groups {
-            if front.is_main(&key) || hub.session_count() > 0 {
+            if front.is_main(&key)
+                || hub.session_count() > 0
+                || hub.idle_for() < front.options.grace
+            {
                 unused_since.remove(&key);
                 continue;
             }
@@ -644,6 +747,7 @@ async fn get_status(State(front): State<Arc<Front>>) -> Response {
                 "revisions": match hub.compatibility() {
                     Compatibility::Bridged => negotiate::KNOWN.join(", "),
                     Compatibility::Exact(v) => v.clone(),
+                    Compatibility::Sessionless => modern::VERSION.to_owned(),
                 },
                 "health": {
                     "failures": health.failures,

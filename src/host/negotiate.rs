@@ -31,6 +31,9 @@ pub enum Compatibility {
     Bridged,
     /// A revision mcpsm does not know: a child for the sessions asking exactly this one.
     Exact(String),
+    /// 2026-07-28 requests, as they are, to a server that speaks that revision (never
+    /// initialized).
+    Sessionless,
 }
 
 impl Compatibility {
@@ -48,7 +51,7 @@ impl Compatibility {
 pub fn child_initialize(session_request: &Value, compatibility: &Compatibility) -> Value {
     let mut request = session_request.clone();
     let version = match compatibility {
-        Compatibility::Bridged => NEWEST,
+        Compatibility::Bridged | Compatibility::Sessionless => NEWEST,
         Compatibility::Exact(version) => version.as_str(),
     };
     let params = &mut request["params"];
