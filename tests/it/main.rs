@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod clients;
+mod conformance;
 mod doctor;
 mod environment;
 mod faults;

@@ -6,6 +6,11 @@
 #   conformance/package.json + package-lock.json     -> tests/support/conformance/node_modules
 #       (@modelcontextprotocol/conformance and the `node` package: a Node 22 binary at
 #        conformance/node_modules/.bin/node, kept apart so it never shadows the system Node)
+#   conformance-alpha/package.json + lock            -> tests/support/conformance-alpha/node_modules
+#       (the newest suite, 0.2.0-alpha.12, which tests every spec version up to 2026-07-28)
+#   reference-server/package.json + lock             -> tests/support/reference-server/node_modules
+#       (the suite's reference everything-server, a copy of its source with its LICENSE; run
+#        with Node 22 and tsx)
 #   requirements.txt                                 -> tests/support/.venv (official `mcp` SDK)
 #
 # Idempotent and quick when nothing changed: each part records a hash of its pin files (and the
@@ -80,12 +85,18 @@ npm_part() { # DIR
 
 npm_part "$HERE"
 npm_part "$HERE/conformance"
+npm_part "$HERE/conformance-alpha"
+npm_part "$HERE/reference-server"
 
 # The conformance suite needs Node >= 22: the `node` package's install script puts one here.
 NODE22="$HERE/conformance/node_modules/.bin/node"
 "$NODE22" -e 'process.exit(+process.versions.node.split(".")[0] >= 22 ? 0 : 1)' 2>/dev/null || {
   rm -f "$HERE/conformance/node_modules/.mcpsm-setup-stamp"
   die "$NODE22 is not a working Node >= 22 (did the 'node' package's install script run? allowScripts in conformance/package.json)"
+}
+"$HERE/conformance-alpha/node_modules/.bin/node" -e 'process.exit(+process.versions.node.split(".")[0] >= 22 ? 0 : 1)' 2>/dev/null || {
+  rm -f "$HERE/conformance-alpha/node_modules/.mcpsm-setup-stamp"
+  die "conformance-alpha's node is not a working Node >= 22 (allowScripts in conformance-alpha/package.json)"
 }
 
 VENV="$HERE/.venv"

@@ -36,7 +36,7 @@ impl Drop for Server {
 }
 
 #[track_caller]
-fn installed(path: PathBuf) -> PathBuf {
+pub fn installed(path: PathBuf) -> PathBuf {
     assert!(
         path.exists(),
         "{} is missing: run `bash tests/support/setup.sh` (tests/run.sh does it for you)",
@@ -69,7 +69,14 @@ pub fn node_server(script: PathBuf, args: &[&str], path: &str) -> Server {
         .arg("-r")
         .arg(support_dir().join("loopback.cjs"))
         .arg(script)
-        .args(args)
+        .args(args);
+    loopback_server(command, path)
+}
+
+/// Runs `command` (a Node server with the loopback preload) with PORT=0 and waits for the
+/// port it reports.
+pub fn loopback_server(mut command: Command, path: &str) -> Server {
+    command
         .env("PORT", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
