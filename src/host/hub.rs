@@ -101,6 +101,8 @@ impl SessionInfo {
 pub struct Session {
     pub id: SessionId,
     pub info: SessionInfo,
+    /// Its answer streams, kept for resumption.
+    pub streams: Arc<super::stream::Streams>,
     get: Mutex<Option<Sink>>,
     /// When the session's GET stream was seen closed (its proxy may be gone).
     gone_since: Mutex<Option<Instant>>,
@@ -113,6 +115,7 @@ impl Session {
         Arc::new(Session {
             id,
             info,
+            streams: Arc::default(),
             get: Mutex::new(None),
             gone_since: Mutex::new(None),
             backlog: Mutex::new(VecDeque::new()),

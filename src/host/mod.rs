@@ -31,6 +31,7 @@
 pub mod hub;
 pub mod modern;
 pub mod negotiate;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -403,27 +404,26 @@ fn new_session_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An SSE body made of the messages sent to `rx`; it ends when every sender is gone.
-fn sse(rx: mpsc::Receiver<Bytes>) -> Body {
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let message = rx.recv().await?;
-        let mut event = Vec::with_capacity(message.len() + 24);
-        event.extend_from_slice(b"event: message\ndata: ");
-        event.extend_from_slice(&message);
-        event.extend_from_slice(b"\n\n");
-        Some((
-            Ok::<Bytes, std::convert::Infallible>(Bytes::from(event)),
-            rx,
-        ))
-    });
-    Body::from_stream(stream)
+/// An SSE response whose items are whole events already (see [`stream`]); it ends when every
+/// sender is gone.
+fn events_response(rx: mpsc::Receiver<Bytes>) -> Response {
+    sse_of(rx, |event| event)
 }
 
+/// An SSE response made of the messages sent to `rx`, one event each, without ids.
 pub(crate) fn sse_response(rx: mpsc::Receiver<Bytes>) -> Response {
+    sse_of(rx, |message| stream::event(None, &message))
+}
+
+fn sse_of(rx: mpsc::Receiver<Bytes>, to_event: fn(Bytes) -> Bytes) -> Response {
+    let body = futures_util::stream::unfold(rx, move |mut rx| async move {
+        let item = rx.recv().await?;
+        Some((Ok::<Bytes, std::convert::Infallible>(to_event(item)), rx))
+    });
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
-        .body(sse(rx))
+        .body(Body::from_stream(body))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
@@ -472,7 +472,9 @@ async fn post_mcp(State(front): State<Arc<Front>>, headers: HeaderMap, body: Byt
     if requests == 0 {
         return StatusCode::ACCEPTED.into_response();
     }
-    sse_response(rx)
+    // Priming events came with 2025-11-25; event ids (resumption) with 2025-03-26.
+    let prime = attached.session.info.version.as_str() >= "2025-11-25";
+    events_response(attached.session.streams.open(rx, prime))
 }
 
 /// The client's working directory from the proxy's header, when it sent a usable one.
@@ -626,6 +628,11 @@ async fn get_mcp(State(front): State<Arc<Front>>, headers: HeaderMap) -> Respons
         Err(response) => return *response,
     };
     attached.session.touch();
+    if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        if let Some(resumed) = attached.session.streams.resume(last) {
+            return events_response(resumed);
+        }
+    }
     match attached.session.open_get_stream() {
         Some(rx) => sse_response(rx),
         None => jsonrpc_error(

@@ -727,3 +727,115 @@ fn restart_with_sessions_open_is_prompt() {
         assert!(count(session, 10 + n as i64) >= 1, "session {n} goes on");
     }
 }
+
+/// Writes one HTTP/1.1 request on a new connection and returns the connection, to be read
+/// as the answer streams in.
+fn open_request(
+    port: u16,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::net::TcpStream {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(DEADLINE))
+        .expect("read timeout");
+    let mut request = format!("{method} /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).expect("write");
+    stream
+}
+
+/// Reads from `stream` until `needle` has been seen; returns all that was read.
+#[track_caller]
+fn read_until(stream: &mut std::net::TcpStream, needle: &str) -> String {
+    use std::io::Read as _;
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => panic!(
+                "the stream ended before {needle:?}: {}",
+                String::from_utf8_lossy(&seen)
+            ),
+            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[test]
+fn a_broken_answer_stream_is_primed_and_resumes_with_last_event_id() {
+    let home = TestHome::new();
+    let command = counter_server();
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let host = stdio_host(&home, "shared", &command, &[]);
+    let json_headers = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ];
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"}}});
+    let answer = crate::support::managed::try_http(
+        host.port,
+        "POST",
+        "/mcp",
+        &json_headers,
+        &init.to_string(),
+    )
+    .expect("initialize");
+    let session = answer
+        .headers
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("mcp-session-id")
+                .then(|| value.trim().to_owned())
+        })
+        .expect("a session id");
+    let mut headers = json_headers.to_vec();
+    headers.push(("Mcp-Session-Id", &session));
+    headers.push(("MCP-Protocol-Version", "2025-11-25"));
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    crate::support::managed::try_http(
+        host.port,
+        "POST",
+        "/mcp",
+        &headers,
+        &initialized.to_string(),
+    )
+    .expect("initialized");
+
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+        "name": "long_running", "arguments": {"steps": 4, "delay": 0.3},
+        "_meta": {"progressToken": "p"}}});
+    let mut stream = open_request(host.port, "POST", &headers, &call.to_string());
+    let first = read_until(&mut stream, "\"progress\":1");
+    assert!(
+        first.contains("retry: 1000"),
+        "a priming event first: {first}"
+    );
+    let last_id = first
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .last()
+        .expect("event ids")
+        .trim()
+        .to_owned();
+    drop(stream);
+
+    let mut resume_headers = headers.clone();
+    resume_headers.retain(|(k, _)| *k != "Content-Type");
+    resume_headers.push(("Last-Event-ID", &last_id));
+    let mut resumed = open_request(host.port, "GET", &resume_headers, "");
+    let rest = read_until(&mut resumed, "done 4");
+    assert!(
+        rest.contains("\"progress\":4") && !rest.contains("\"progress\":1"),
+        "the events after {last_id}, then the answer: {rest}"
+    );
+}
