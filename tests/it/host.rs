@@ -822,8 +822,8 @@ fn a_broken_answer_stream_is_primed_and_resumes_with_last_event_id() {
     );
     let last_id = first
         .lines()
-        .filter_map(|l| l.strip_prefix("id: "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("id: "))
         .expect("event ids")
         .trim()
         .to_owned();
