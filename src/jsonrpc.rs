@@ -27,6 +27,8 @@ pub mod method {
     pub const TOOLS_CALL: &str = "tools/call";
     pub const RESOURCES_READ: &str = "resources/read";
     pub const PROMPTS_GET: &str = "prompts/get";
+    /// 2026-07-28: a request whose answer is a stream of notifications that never ends.
+    pub const SUBSCRIPTIONS_LISTEN: &str = "subscriptions/listen";
 }
 
 /// `_meta` key that marks 2026-07-28 (sessionless) traffic.

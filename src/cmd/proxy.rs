@@ -63,7 +63,8 @@ pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<E
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(1024);
     let writer = spawn_stdout_writer(out_rx);
     let (in_tx, in_rx) = mpsc::channel::<Input>(64);
-    spawn_stdin_reader(in_tx, args.max_message_bytes);
+    let stdin_closed = CancellationToken::new();
+    spawn_stdin_reader(in_tx, args.max_message_bytes, stdin_closed.clone());
 
     let shutdown = CancellationToken::new();
     let backend = match resolve(&args, registry) {
@@ -107,6 +108,9 @@ pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<E
     // Signals are watched beside the loop, so a slow `initialize` cannot delay an exit.
     tokio::select! {
         () = relay(in_rx, &backend, &out_tx) => debug!("stdin closed"),
+        // Whatever the relay is waiting on (a slow `initialize`, a manager starting), stdin
+        // EOF ends the session within the grace period.
+        () = after_eof(&stdin_closed) => debug!("stdin closed {EOF_GRACE:?} ago; exiting"),
         _ = sigterm.recv() => debug!("SIGTERM"),
         _ = sighup.recv() => debug!("SIGHUP"),
     }
@@ -118,6 +122,12 @@ pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<E
     let _ = out_tx.send(Bytes::new()).await;
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves [`EOF_GRACE`] after stdin ended.
+async fn after_eof(stdin_closed: &CancellationToken) {
+    stdin_closed.cancelled().await;
+    tokio::time::sleep(EOF_GRACE).await;
 }
 
 /// Moves stdin messages to the backend until stdin ends, then lets requests in flight finish.
@@ -341,11 +351,13 @@ impl Gate {
     }
 }
 
-/// Reads and parses stdin on its own thread, so the async side only routes.
-fn spawn_stdin_reader(tx: mpsc::Sender<Input>, max_bytes: usize) {
+/// Reads and parses stdin on its own thread, so the async side only routes. `closed` is
+/// cancelled when the thread ends (end of input, a read error, or nobody left to take lines).
+fn spawn_stdin_reader(tx: mpsc::Sender<Input>, max_bytes: usize, closed: CancellationToken) {
     let spawned = std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
+            let _closed = closed.drop_guard();
             let stdin = BufReader::with_capacity(256 * 1024, std::io::stdin());
             let mut lines = LineReader::new(stdin, max_bytes);
             loop {

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
-use tokio::sync::{mpsc, oneshot, Notify, OnceCell, Semaphore, SemaphorePermit};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OnceCell, Semaphore, SemaphorePermit};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -246,8 +246,13 @@ impl Shared {
         self.pending().contains_key(id)
     }
 
-    fn pending_count(&self) -> usize {
-        self.pending().len()
+    /// Requests still waiting for an answer that will come: a `subscriptions/listen` stream
+    /// is open until someone closes it, so it is not counted.
+    fn finishing_count(&self) -> usize {
+        self.pending()
+            .values()
+            .filter(|p| &*p.method != method::SUBSCRIPTIONS_LISTEN)
+            .count()
     }
 
     /// Hands a message from the daemon to the client. A response is forwarded only while its
@@ -458,6 +463,15 @@ impl Shared {
     }
 }
 
+/// `initialize` and `notifications/initialized` are sent before the next message is looked
+/// at, so the session exists before anything else uses it.
+fn is_inline(message: &Message) -> bool {
+    matches!(
+        message.method(),
+        Some(method::INITIALIZE | method::INITIALIZED)
+    )
+}
+
 #[derive(Clone)]
 enum Mode {
     Streamable(Arc<streamable::Session>),
@@ -490,7 +504,22 @@ impl Mode {
 pub struct Upstream {
     shared: Arc<Shared>,
     mode: OnceCell<Mode>,
-    detecting: tokio::sync::Mutex<()>,
+    /// `auto`: the streamable session messages go out on while the wire is not known yet; it
+    /// becomes the session when the daemon turns out to speak streamable HTTP.
+    probe: Option<Arc<streamable::Session>>,
+    detection: watch::Sender<Detection>,
+}
+
+/// Where `auto` stands in finding out which wire the daemon speaks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Detection {
+    /// Not known, and nobody is finding out: the next message does.
+    Unknown,
+    /// A first message is on its way. Others go out as streamable HTTP meanwhile; those
+    /// answered as if the daemon spoke legacy SSE wait for the outcome and are sent again.
+    Probing,
+    /// `Upstream::mode` is set.
+    Decided,
 }
 
 impl Upstream {
@@ -536,10 +565,19 @@ impl Upstream {
             }
             TransportKind::Auto => OnceCell::new(),
         };
+        let (probe, detection) = if mode.initialized() {
+            (None, Detection::Decided)
+        } else {
+            (
+                Some(streamable::Session::new(shared.clone())),
+                Detection::Unknown,
+            )
+        };
         let upstream = Arc::new(Upstream {
             shared,
             mode,
-            detecting: tokio::sync::Mutex::new(()),
+            probe,
+            detection: watch::Sender::new(detection),
         });
         if recovers {
             tokio::spawn(recovery::run(
@@ -587,15 +625,8 @@ impl Upstream {
 
     /// Sends a tracked message on its way.
     async fn dispatch(self: &Arc<Self>, message: Message) {
-        let mode = match self.mode.get() {
-            Some(mode) => mode,
-            None => {
-                let _guard = self.detecting.lock().await;
-                match self.mode.get() {
-                    Some(mode) => mode,
-                    None => return self.detect_and_send(message).await,
-                }
-            }
+        let Some(mode) = self.mode.get() else {
+            return self.dispatch_undecided(message).await;
         };
         if message.method() == Some(method::CANCELLED) {
             if let Mode::Streamable(session) = mode {
@@ -604,11 +635,7 @@ impl Upstream {
                 }
             }
         }
-        let inline = matches!(
-            message.method(),
-            Some(method::INITIALIZE | method::INITIALIZED)
-        );
-        if inline {
+        if is_inline(&message) {
             return mode.send(message).await;
         }
         let id = message.id().filter(|_| message.is_request()).cloned();
@@ -619,39 +646,124 @@ impl Upstream {
         }
     }
 
-    /// `auto`: POST the first message; on 400/404/405 without a JSON-RPC answer, try the
-    /// legacy SSE transport at the same URL.
-    async fn detect_and_send(&self, message: Message) {
-        let streamable = streamable::Session::new(self.shared.clone());
-        match streamable.detect(&message).await {
-            streamable::Detected::Streamable => {
-                let _ = self.mode.set(Mode::Streamable(streamable));
+    /// `auto`, before the wire is known. The first message finds out (POST; on 400/404/405
+    /// without a JSON-RPC answer, try legacy SSE at the same URL); the wire is decided by the
+    /// status of its answer, not by its end, so a long or never-ending first request (a slow
+    /// `tools/call`, `subscriptions/listen`) holds nothing back. Messages that come meanwhile
+    /// go out at once as streamable HTTP too: a streamable daemon answers them as usual, and a
+    /// legacy one refuses them before reading them, so they are sent again once it is known.
+    async fn dispatch_undecided(self: &Arc<Self>, message: Message) {
+        let Some(session) = self.probe.clone() else {
+            return; // a transport given explicitly always has its mode
+        };
+        if message.method() == Some(method::CANCELLED) && session.cancel_by_closing(&message) {
+            return;
+        }
+        let first = self.detection.send_if_modified(|state| {
+            let unknown = *state == Detection::Unknown;
+            if unknown {
+                *state = Detection::Probing;
             }
-            streamable::Detected::Undecided => {}
-            streamable::Detected::NotStreamable(failure) => {
-                let legacy =
-                    legacy::Session::new(self.shared.clone(), self.shared.options.url.clone());
-                match legacy.connect().await {
-                    Ok(()) => {
-                        debug!("{} speaks legacy HTTP+SSE", self.shared.options.label);
-                        let _ = self.mode.set(Mode::Legacy(legacy.clone()));
-                        legacy.send(message).await;
+            unknown
+        });
+        if is_inline(&message) {
+            return self.probe_send(session, message, first).await;
+        }
+        let id = message.id().filter(|_| message.is_request()).cloned();
+        let upstream = self.clone();
+        let task = tokio::spawn(async move { upstream.probe_send(session, message, first).await })
+            .abort_handle();
+        if let Some(id) = id {
+            self.shared.set_task(&id, task);
+        }
+    }
+
+    /// Sends `message` as streamable HTTP while the wire is not known; `first` when its
+    /// answer decides the wire.
+    async fn probe_send(
+        self: &Arc<Self>,
+        session: Arc<streamable::Session>,
+        message: Message,
+        first: bool,
+    ) {
+        let _slot = self.shared.slot(&message).await;
+        match session.probe(&message).await {
+            streamable::Probed::Streamable(response) => {
+                self.decide(Mode::Streamable(session.clone()));
+                session.handle(&message, response).await;
+            }
+            streamable::Probed::Answered => self.decide(Mode::Streamable(session.clone())),
+            streamable::Probed::Failed(failure) => {
+                if first {
+                    self.undecided();
+                }
+                self.shared.report(&message, &failure).await;
+            }
+            streamable::Probed::NotStreamable(failure) if first => {
+                if self.mode.get().is_none() {
+                    let url = self.shared.options.url.clone();
+                    let legacy = legacy::Session::new(self.shared.clone(), url);
+                    match legacy.connect().await {
+                        Ok(()) => {
+                            debug!("{} speaks legacy HTTP+SSE", self.shared.options.label);
+                            self.decide(Mode::Legacy(legacy));
+                        }
+                        Err(legacy_failure) => {
+                            debug!(?legacy_failure, "legacy SSE fallback failed too");
+                            self.undecided();
+                        }
                     }
-                    Err(legacy_failure) => {
-                        debug!(?legacy_failure, "legacy SSE fallback failed too");
-                        self.shared.report(&message, &failure).await;
-                    }
+                }
+                self.resend_refused(message, &failure).await;
+            }
+            streamable::Probed::NotStreamable(failure) => {
+                let mut detection = self.detection.subscribe();
+                // Cancel-safe: waiting on a watch channel loses nothing.
+                let known = tokio::select! {
+                    known = detection.wait_for(|state| *state != Detection::Probing) => known.is_ok(),
+                    () = self.shared.shutdown.cancelled() => false,
+                };
+                if known {
+                    self.resend_refused(message, &failure).await;
                 }
             }
         }
     }
 
-    /// Waits until no request is pending, or `limit` passes.
+    /// A message the daemon refused as a streamable one: sent again as legacy SSE when the
+    /// daemon turned out to speak that, else reported with the refusal.
+    async fn resend_refused(&self, message: Message, failure: &Failure) {
+        match self.mode.get() {
+            Some(Mode::Legacy(legacy)) => legacy.send(message).await,
+            _ => self.shared.report(&message, failure).await,
+        }
+    }
+
+    fn decide(&self, mode: Mode) {
+        if self.mode.set(mode).is_ok() {
+            let wire = match self.mode.get() {
+                Some(Mode::Legacy(_)) => "legacy HTTP+SSE",
+                _ => "streamable HTTP",
+            };
+            debug!("{} speaks {wire}", self.shared.options.label);
+        }
+        self.detection.send_replace(Detection::Decided);
+    }
+
+    /// The first message did not tell: the next one tries again.
+    fn undecided(&self) {
+        if self.mode.get().is_none() {
+            self.detection.send_replace(Detection::Unknown);
+        }
+    }
+
+    /// Waits until no request is pending (an open `subscriptions/listen` aside: it never
+    /// ends by itself), or `limit` passes.
     pub async fn wait_idle(&self, limit: Duration) {
         let wait = async {
             loop {
                 let notified = self.shared.idle.notified();
-                if self.shared.pending_count() == 0 {
+                if self.shared.finishing_count() == 0 {
                     return;
                 }
                 notified.await;

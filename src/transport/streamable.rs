@@ -52,13 +52,17 @@ pub struct Session {
     modern: AtomicBool,
 }
 
-pub enum Detected {
-    /// The daemon speaks streamable HTTP; the message was handled.
-    Streamable,
-    /// The daemon could not be reached; the failure was reported. Try again next message.
-    Undecided,
-    /// 400/404/405 without a JSON-RPC answer: try legacy SSE, else report this failure.
+/// What the answer to a message POSTed before the wire is known says about the daemon.
+pub enum Probed {
+    /// A status other than 400/404/405: streamable HTTP. The body is still to be read
+    /// ([`Session::handle`]), which may take as long as the request runs.
+    Streamable(reqwest::Response),
+    /// 400/404/405 with a JSON-RPC answer: streamable HTTP; the answer was handled.
+    Answered,
+    /// 400/404/405 without a JSON-RPC answer: perhaps legacy SSE; nothing was reported.
     NotStreamable(Failure),
+    /// No answer at all (e.g. connection refused); nothing was reported.
+    Failed(Failure),
 }
 
 enum Pumped {
@@ -198,34 +202,31 @@ impl Session {
         }
     }
 
-    /// `auto` mode: sends the first message and says whether this is a streamable daemon.
-    pub async fn detect(self: &Arc<Self>, message: &Message) -> Detected {
+    /// `auto` mode: POSTs a message and says what its status tells about the daemon, as soon
+    /// as the status is known (never waiting for the end of the body).
+    pub async fn probe(&self, message: &Message) -> Probed {
         let response = match self.post(message).await {
             Ok(response) => response,
-            Err(e) => {
-                self.shared.report(message, &failure_of(&e)).await;
-                return Detected::Undecided;
-            }
+            Err(e) => return Probed::Failed(failure_of(&e)),
         };
         let status = response.status();
         if !matches!(status.as_u16(), 400 | 404 | 405) {
-            self.handle(message, response).await;
-            return Detected::Streamable;
+            return Probed::Streamable(response);
         }
         let body = http::read_body(response, ERROR_BODY_LIMIT)
             .await
             .unwrap_or_default();
         if Message::parse_many(body.clone()).is_ok() {
             self.handle_error_status(message, status, &body).await;
-            return Detected::Streamable;
+            return Probed::Answered;
         }
-        Detected::NotStreamable(Failure::Status {
+        Probed::NotStreamable(Failure::Status {
             status: status.as_u16(),
             body: http::excerpt(&body),
         })
     }
 
-    async fn handle(self: &Arc<Self>, message: &Message, response: reqwest::Response) {
+    pub async fn handle(self: &Arc<Self>, message: &Message, response: reqwest::Response) {
         let status = response.status();
         if !status.is_success() {
             let body = http::read_body(response, ERROR_BODY_LIMIT)

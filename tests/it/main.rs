@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod clients;
 mod conformance;
+mod detection;
 mod doctor;
 mod environment;
 mod faults;
