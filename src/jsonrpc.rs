@@ -214,6 +214,9 @@ pub struct ParamsPeek {
     pub uri: Option<String>,
     #[serde(default, rename = "requestId")]
     pub request_id: Option<Box<RawValue>>,
+    /// What an `initialize` asks for.
+    #[serde(default, rename = "protocolVersion")]
+    pub protocol_version: Option<String>,
     #[serde(default, rename = "_meta")]
     pub meta: Option<MetaPeek>,
 }

@@ -7,8 +7,9 @@
 //! stream brings it. After `notifications/initialized` a standalone GET stream carries
 //! server-initiated messages (405 = not offered, 409 = already open). `Mcp-Session-Id` and
 //! `MCP-Protocol-Version` go on every request after initialize; DELETE ends the session.
-//! 2026-07-28 requests (`_meta` names the protocol version) get `Mcp-Method`/`Mcp-Name`
-//! headers, and their cancellation closes the request's stream.
+//! Every request of a 2026-07-28 connection — its `_meta` names that version, or the session
+//! negotiated it through `initialize` — gets `Mcp-Method`/`Mcp-Name` headers, and its
+//! cancellation closes the request's stream.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -30,6 +31,17 @@ const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-versi
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
 const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+/// The first revision whose requests carry `Mcp-Method`/`Mcp-Name` (and have no session).
+/// Revisions are dates, so a later one compares greater as text.
+const FIRST_SESSIONLESS_VERSION: &[u8] = b"2026-07-28";
+
+/// `Mcp-Method` and, for the methods that name something, `Mcp-Name`.
+type RequestNames = (HeaderValue, Option<HeaderValue>);
+
+/// Whether revision `version` is 2026-07-28 or later.
+fn is_modern(version: &[u8]) -> bool {
+    version >= FIRST_SESSIONLESS_VERSION
+}
 
 /// Wait before resuming a stream when the server named no `retry`.
 const DEFAULT_RETRY: Duration = Duration::from_secs(1);
@@ -112,7 +124,20 @@ impl Session {
             .clone()
     }
 
+    fn negotiated(&self) -> Option<HeaderValue> {
+        self.protocol_version
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A request with the session's headers: the session id and the negotiated version.
     fn request(&self, method: Method) -> reqwest::RequestBuilder {
+        self.request_as(method, self.negotiated())
+    }
+
+    /// Like [`Session::request`], with `version` as `MCP-Protocol-Version`.
+    fn request_as(&self, method: Method, version: Option<HeaderValue>) -> reqwest::RequestBuilder {
         let mut request = self
             .shared
             .http
@@ -121,12 +146,7 @@ impl Session {
         if let Some(id) = self.session_id() {
             request = request.header(SESSION_ID, id);
         }
-        if let Some(version) = self
-            .protocol_version
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
+        if let Some(version) = version {
             request = request.header(PROTOCOL_VERSION, version);
         }
         request
@@ -143,45 +163,73 @@ impl Session {
                 .write()
                 .unwrap_or_else(|e| e.into_inner()) = None;
         }
+        let negotiated = self.negotiated();
+        let (version, metadata) = self.request_metadata(message, is_initialize, negotiated);
         let mut request = self
-            .request(Method::POST)
+            .request_as(Method::POST, version)
             .header(CONTENT_TYPE, http::JSON)
             .header(ACCEPT, http::ACCEPT_BOTH);
-        let negotiated = self
-            .protocol_version
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some();
-        if message.is_request() && !is_initialize && !negotiated {
-            request = self.modern_headers(message, request);
+        if let Some((method, name)) = metadata {
+            request = request.header(MCP_METHOD, method);
+            if let Some(name) = name {
+                request = request.header(MCP_NAME, name);
+            }
         }
         request.body(message.bytes().clone()).send().await
     }
 
-    /// 2026-07-28 requests carry their method and name in headers too.
-    fn modern_headers(
+    /// The `MCP-Protocol-Version` a POST of `message` carries, and, when the message belongs
+    /// to a 2026-07-28 (or later) connection, its `Mcp-Method` and `Mcp-Name` headers.
+    ///
+    /// A message belongs to such a connection when its `_meta` names such a version
+    /// (sessionless), when the session negotiated one through `initialize`, or when it is an
+    /// `initialize` asking for one: the headers go on every request, however the version was
+    /// agreed. `MCP-Protocol-Version` is the message's own `_meta` version when it has one (the
+    /// two must match), else the negotiated one; an `initialize` carries none.
+    fn request_metadata(
         &self,
         message: &Message,
-        mut request: reqwest::RequestBuilder,
-    ) -> reqwest::RequestBuilder {
-        let params = message.peek_params();
-        let Some(version) = params.meta.and_then(|m| m.protocol_version) else {
-            return request;
+        is_initialize: bool,
+        negotiated: Option<HeaderValue>,
+    ) -> (Option<HeaderValue>, Option<RequestNames>) {
+        let Some(method) = message.method() else {
+            return (negotiated, None); // a response: no method to name
         };
-        self.modern.store(true, Ordering::Relaxed);
-        let method = message.method().unwrap_or_default();
-        request = request
-            .header(PROTOCOL_VERSION, header_value(&version))
-            .header(MCP_METHOD, header_value(method));
+        let negotiated_modern = match &negotiated {
+            // A session of an older revision: nothing to look at (the common, hot case).
+            Some(version) if !is_modern(version.as_bytes()) => return (negotiated, None),
+            Some(_) => true,
+            None => false,
+        };
+        let params = message.peek_params();
+        let own = params.meta.and_then(|m| m.protocol_version);
+        let asked = if is_initialize {
+            params.protocol_version
+        } else {
+            None
+        };
+        let modern = negotiated_modern
+            || own.as_deref().is_some_and(|v| is_modern(v.as_bytes()))
+            || asked.as_deref().is_some_and(|v| is_modern(v.as_bytes()));
+        let version = match own {
+            Some(own) => Some(header_value(&own)),
+            None => negotiated,
+        };
+        if !modern {
+            return (version, None);
+        }
+        if message.is_request() {
+            self.modern.store(true, Ordering::Relaxed);
+        }
         let name = match method {
             method::TOOLS_CALL | method::PROMPTS_GET => params.name,
             method::RESOURCES_READ => params.uri,
             _ => None,
         };
-        if let Some(name) = name {
-            request = request.header(MCP_NAME, header_value(&name));
-        }
-        request
+        (
+            version,
+            Some((header_value(method), name.map(|n| header_value(&n)))),
+        )
     }
 
     /// 2026-07-28: cancelling a request means closing its stream, not sending a notification.

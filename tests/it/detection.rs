@@ -1,5 +1,7 @@
-//! `--transport auto` (the default with `--url`), against in-process fake daemons: detection
-//! holds nothing back and never delays the exit at stdin EOF.
+//! `--transport auto` (the default with `--url`) and the 2026-07-28 wire, against in-process
+//! fake daemons: detection holds nothing back and never delays the exit at stdin EOF, and
+//! every request of a 2026-07-28 connection carries `Mcp-Method`/`Mcp-Name`, however the
+//! version was agreed.
 //!
 //! Timing-shaped behaviour is asserted by order and by deadlines far from the real figures
 //! (a request that was held back would come after the slow one; an exit that waited for a
@@ -9,12 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use serde_json::{json, Value};
 
-use crate::support::fake::{accepted, event, json_response, result_for, sse_response, Chunk, Fake};
+use crate::support::fake::{
+    accepted, event, json_response, mcp_router, result_for, sse_response, Chunk, Fake,
+};
 use crate::support::{request, Proxy, TestHome};
 
 /// A proxy with no `--transport`: `auto`.
@@ -229,4 +233,96 @@ fn auto_sends_requests_made_during_detection_to_a_legacy_daemon_too() {
         refused, 2,
         "prompts/list went out during detection, was refused, then sent as legacy"
     );
+}
+
+/// Answers `initialize` with `version` and a session, everything else at once.
+fn versioned_daemon(version: &'static str) -> Fake {
+    Fake::start(mcp_router(
+        move |message: Value, _headers: HeaderMap| match message["method"].as_str() {
+            Some("initialize") => {
+                let mut response = json_response(
+                    StatusCode::OK,
+                    &result_for(
+                        &message,
+                        json!({"protocolVersion": version, "capabilities": {}, "serverInfo": {"name": "fake", "version": "0"}}),
+                    ),
+                );
+                response
+                    .headers_mut()
+                    .insert("mcp-session-id", HeaderValue::from_static("sess-1"));
+                response
+            }
+            _ if message.get("id").is_none() => accepted(),
+            _ => json_response(StatusCode::OK, &result_for(&message, json!({}))),
+        },
+    ))
+}
+
+/// initialize (asking for `version`), initialized, then requests of every kind that names
+/// something, with no `_meta`; returns the POSTs the daemon got.
+fn stateful_session(fake: &Fake, version: &str) -> Vec<crate::support::fake::Recorded> {
+    let home = TestHome::new();
+    let mut proxy = auto_proxy(fake, &home);
+    proxy.send(&json!({
+        "jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+    }));
+    proxy.recv_response(&json!(0));
+    proxy.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    let requests = [
+        request(1, "tools/list", json!({})),
+        request(
+            2,
+            "tools/call",
+            json!({"name": "my-hyphenated-tool", "arguments": {}}),
+        ),
+        request(
+            3,
+            "resources/read",
+            json!({"uri": "file:///path/to/file%20name.txt"}),
+        ),
+        request(4, "prompts/get", json!({"name": "test_prompt"})),
+    ];
+    for message in &requests {
+        proxy.send(message);
+        proxy.recv_response(&message["id"]);
+    }
+    fake.with_http_method("POST")
+}
+
+#[test]
+fn a_session_that_negotiated_2026_07_28_through_initialize_names_every_request_in_headers() {
+    let fake = versioned_daemon("2026-07-28");
+    let posts = stateful_session(&fake, "2026-07-28");
+    assert_eq!(posts.len(), 6, "{posts:?}");
+    for post in &posts {
+        let body = post.json();
+        let method = body["method"].as_str().unwrap_or_default();
+        assert_eq!(post.header("mcp-method"), Some(method), "{}", post.body);
+        let name = match method {
+            "tools/call" | "prompts/get" => body["params"]["name"].as_str(),
+            "resources/read" => body["params"]["uri"].as_str(),
+            _ => None,
+        };
+        assert_eq!(post.header("mcp-name"), name, "{}", post.body);
+        if method != "initialize" {
+            assert_eq!(
+                post.header("mcp-protocol-version"),
+                Some("2026-07-28"),
+                "{}",
+                post.body
+            );
+        }
+    }
+}
+
+#[test]
+fn a_session_of_an_older_revision_gets_no_method_headers() {
+    let fake = versioned_daemon("2025-11-25");
+    let posts = stateful_session(&fake, "2025-11-25");
+    assert_eq!(posts.len(), 6, "{posts:?}");
+    for post in &posts {
+        assert_eq!(post.header("mcp-method"), None, "{}", post.body);
+        assert_eq!(post.header("mcp-name"), None, "{}", post.body);
+    }
 }
