@@ -178,14 +178,17 @@ impl Session {
         request.body(message.bytes().clone()).send().await
     }
 
-    /// The `MCP-Protocol-Version` a POST of `message` carries, and, when the message belongs
-    /// to a 2026-07-28 (or later) connection, its `Mcp-Method` and `Mcp-Name` headers.
+    /// The `MCP-Protocol-Version` a POST of `message` carries, its `Mcp-Method` and, when it
+    /// belongs to a 2026-07-28 (or later) connection, its `Mcp-Name`.
     ///
-    /// A message belongs to such a connection when its `_meta` names such a version
-    /// (sessionless), when the session negotiated one through `initialize`, or when it is an
-    /// `initialize` asking for one: the headers go on every request, however the version was
-    /// agreed. `MCP-Protocol-Version` is the message's own `_meta` version when it has one (the
-    /// two must match), else the negotiated one; an `initialize` carries none.
+    /// `Mcp-Method` goes on every request and notification, whatever the revision: the first
+    /// POST of a connection (its `initialize`) cannot know the revision the server will pick,
+    /// 2026-07-28 wants the header on all of them, and earlier servers ignore it. `Mcp-Name`
+    /// needs a look into `params`, so it is added only when the message belongs to a 2026-07-28
+    /// connection: its `_meta` names such a version (sessionless), the session negotiated one
+    /// through `initialize`, or it is an `initialize` asking for one. `MCP-Protocol-Version` is
+    /// the message's own `_meta` version when it has one (the two must match), else the
+    /// negotiated one; an `initialize` carries none.
     fn request_metadata(
         &self,
         message: &Message,
@@ -195,9 +198,10 @@ impl Session {
         let Some(method) = message.method() else {
             return (negotiated, None); // a response: no method to name
         };
+        let method_only = Some((header_value(method), None));
         let negotiated_modern = match &negotiated {
             // A session of an older revision: nothing to look at (the common, hot case).
-            Some(version) if !is_modern(version.as_bytes()) => return (negotiated, None),
+            Some(version) if !is_modern(version.as_bytes()) => return (negotiated, method_only),
             Some(_) => true,
             None => false,
         };
@@ -216,7 +220,7 @@ impl Session {
             None => negotiated,
         };
         if !modern {
-            return (version, None);
+            return (version, method_only);
         }
         if message.is_request() {
             self.modern.store(true, Ordering::Relaxed);

@@ -317,12 +317,18 @@ fn a_session_that_negotiated_2026_07_28_through_initialize_names_every_request_i
 }
 
 #[test]
-fn a_session_of_an_older_revision_gets_no_method_headers() {
+fn a_session_of_an_older_revision_gets_mcp_method_but_no_mcp_name() {
     let fake = versioned_daemon("2025-11-25");
     let posts = stateful_session(&fake, "2025-11-25");
     assert_eq!(posts.len(), 6, "{posts:?}");
     for post in &posts {
-        assert_eq!(post.header("mcp-method"), None, "{}", post.body);
+        let method = post.rpc_method().unwrap_or_default();
+        assert_eq!(
+            post.header("mcp-method"),
+            Some(method.as_str()),
+            "{}",
+            post.body
+        );
         assert_eq!(post.header("mcp-name"), None, "{}", post.body);
     }
 }
