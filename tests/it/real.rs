@@ -253,3 +253,54 @@ fn https_daemons_work_and_an_untrusted_certificate_is_a_clear_error() {
         "{message}"
     );
 }
+
+/// The alpha suite's `http-standard-headers` client scenario at 2026-07-28 through the proxy: a
+/// session that negotiated 2026-07-28 through `initialize` names every POST in `Mcp-Method`
+/// (initialize included) and `Mcp-Name` — all 11 checks pass.
+#[test]
+fn alpha_conformance_standard_headers_pass_through_the_proxy() {
+    let support = support_dir();
+    let alpha =
+        crate::support::servers::installed(support.join("conformance-alpha/node_modules/.bin"));
+    let home = TestHome::new();
+    let results = home.path().join("results");
+    let path = format!(
+        "{}:{}",
+        alpha.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut command = Command::new(alpha.join("conformance"));
+    command
+        .env("PATH", path)
+        .env("HOME", home.path())
+        .env("MCPSM_HOME", home.path())
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .args([
+            "client",
+            "--scenario",
+            "http-standard-headers",
+            "--spec-version",
+            "2026-07-28",
+        ])
+        .arg("--command")
+        .arg(format!(
+            "python3 {} {} proxy",
+            support.join("standard_headers_client.py").display(),
+            crate::support::bin().display()
+        ))
+        .arg("-o")
+        .arg(&results)
+        .current_dir(home.path());
+    let output = run_with_deadline(command, Duration::from_secs(120));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && report.contains("Passed: 11/11"),
+        "http-standard-headers through the proxy ({})\n{report}",
+        output.status
+    );
+}
