@@ -212,6 +212,26 @@ enum Reply {
     Stream(Sink),
     /// The hub's own request (initialize).
     Internal(oneshot::Sender<Message>),
+    /// A sessionless request waiting for its client to retry with the input the server asked
+    /// for (see [`Hub::park`]).
+    Parked,
+}
+
+/// The session id under which sessionless (2026-07-28) requests run.
+pub const SESSIONLESS: &str = "sessionless";
+/// The key of the one input an input-required result asks for.
+const INPUT_KEY: &str = "mcpsm-input";
+/// Parked requests kept at most; the oldest is given up beyond.
+const PARKED_LIMIT: usize = 256;
+
+/// A sessionless request whose server asked the client something: the client gets an
+/// input-required result and retries with the answer and `requestState`.
+struct Parked {
+    upstream: u64,
+    /// The server's request id (JSON), answered with the client's input.
+    server_request: String,
+    /// The child's answer to the request, if it came while parked.
+    answer: Option<Message>,
 }
 
 struct InFlight {
@@ -231,6 +251,8 @@ struct Routes {
     /// The child's server→client request ids (JSON text) → the session that got them.
     server_requests: HashMap<String, SessionId>,
     subscriptions: HashMap<String, HashSet<SessionId>>,
+    /// `requestState` → parked request, oldest first.
+    parked: Vec<(String, Parked)>,
 }
 
 #[derive(Default)]
@@ -637,6 +659,12 @@ impl Hub {
                 return None;
             }
         }
+        if let Some(resumed) = self
+            .resume_parked(session, &message, &id_json, &reply)
+            .await
+        {
+            return resumed;
+        }
         if let Err(why) = self.wait_ready().await {
             let _ = reply.send(error_bytes(Some(&id_json), &why)).await;
             return None;
@@ -959,6 +987,16 @@ impl Hub {
             Reply::Stream(reply) => {
                 spawn_send(reply, with_id(message.bytes(), &request.original_id))
             }
+            Reply::Parked => {
+                let mut routes = lock(&self.routes);
+                if let Some((_, parked)) = routes
+                    .parked
+                    .iter_mut()
+                    .find(|(_, p)| p.upstream == upstream)
+                {
+                    parked.answer = Some(message);
+                }
+            }
         }
     }
 
@@ -982,6 +1020,9 @@ impl Hub {
             let value: Value = serde_json::from_slice(message.bytes()).unwrap_or_default();
             value.get("params").cloned().unwrap_or(Value::Null)
         };
+        if self.park(&id, &method, &params) {
+            return;
+        }
         let able =
             |session: &Session| negotiate::can_answer(&session.info.capabilities, &method, &params);
         let (target, stream) = {
@@ -1115,6 +1156,105 @@ fn kill_tree(pid: Option<u32>) {
 }
 
 impl Hub {
+    /// A server request while a sessionless request is in flight: that request's client gets
+    /// an input-required result (2026-07-28 has no server→client requests) and the request
+    /// waits, parked, for the client's retry. Returns whether it was parked.
+    fn park(&self, server_request: &str, method: &str, params: &Value) -> bool {
+        if !matches!(
+            method,
+            "sampling/createMessage" | "elicitation/create" | "roots/list"
+        ) {
+            return false;
+        }
+        let mut routes = lock(&self.routes);
+        let Some(upstream) = routes
+            .requests
+            .iter()
+            .filter(|(_, r)| {
+                r.session.as_deref() == Some(SESSIONLESS) && matches!(r.reply, Reply::Stream(_))
+            })
+            .map(|(upstream, _)| *upstream)
+            .max()
+        else {
+            return false;
+        };
+        let Some(request) = routes.requests.get_mut(&upstream) else {
+            return false;
+        };
+        let Reply::Stream(reply) = std::mem::replace(&mut request.reply, Reply::Parked) else {
+            return false;
+        };
+        let state = format!(
+            "mcpsm-{upstream}-{}",
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
+        let result = json!({
+            "resultType": "input_required",
+            "inputRequests": {INPUT_KEY: {"method": method, "params": params}},
+            "requestState": state,
+        });
+        let answer = format!(
+            r#"{{"jsonrpc":"2.0","id":{},"result":{result}}}"#,
+            request.original_id
+        );
+        spawn_send(reply, Bytes::from(answer));
+        routes.parked.push((
+            state,
+            Parked {
+                upstream,
+                server_request: server_request.to_owned(),
+                answer: None,
+            },
+        ));
+        if routes.parked.len() > PARKED_LIMIT {
+            let (_, oldest) = routes.parked.remove(0);
+            routes.requests.remove(&oldest.upstream);
+        }
+        true
+    }
+
+    /// A sessionless retry carrying the `requestState` of a parked request: the client's input
+    /// goes to the server as the answer to its request, and the parked request answers on
+    /// this retry's stream. `None` when the message is no such retry.
+    async fn resume_parked(
+        &self,
+        session: &SessionId,
+        message: &Message,
+        id_json: &str,
+        reply: &Sink,
+    ) -> Option<Option<u64>> {
+        if session.as_ref() != SESSIONLESS {
+            return None;
+        }
+        let value: Value = serde_json::from_slice(message.bytes()).ok()?;
+        let state = value["params"]["requestState"].as_str()?;
+        let (parked, held) = {
+            let mut routes = lock(&self.routes);
+            let at = routes.parked.iter().position(|(s, _)| s == state)?;
+            let (_, mut parked) = routes.parked.remove(at);
+            let held = parked.answer.take();
+            if held.is_none() {
+                if let Some(request) = routes.requests.get_mut(&parked.upstream) {
+                    request.reply = Reply::Stream(reply.clone());
+                    request.original_id = id_json.to_owned();
+                }
+            }
+            (parked, held)
+        };
+        if let Some(answer) = held {
+            spawn_send(reply.clone(), with_id(answer.bytes(), id_json));
+            return Some(None);
+        }
+        let id: Value = serde_json::from_str(&parked.server_request).unwrap_or(Value::Null);
+        let line = match value["params"]["inputResponses"].get(INPUT_KEY) {
+            Some(input) => json!({"jsonrpc": "2.0", "id": id, "result": input}),
+            None => json!({"jsonrpc": "2.0", "id": id,
+                "error": {"code": -32602, "message": "the client sent no input for this request"}}),
+        };
+        self.write(Bytes::from(line.to_string())).await;
+        Some(Some(parked.upstream))
+    }
+
     /// Hands a list change to the `subscriptions/listen` streams that asked for it.
     fn notify_listeners(&self, method: &str, value: &Value) {
         let mut listeners = lock(&self.listeners);

@@ -13,8 +13,9 @@
 //!   sharing rules give a session of the newest revision, which the host initialized;
 //!   `server/discover` is answered from that child's InitializeResult, `subscriptions/listen`
 //!   by the host from the child's list-changed notifications, and results get `resultType`.
-//!   Server→client requests (which 2026-07-28 replaces with input-required results) are
-//!   answered for the client with `-32601`.
+//!   A server→client request during a sessionless request (2026-07-28 has none) becomes an
+//!   input-required result for that request's client; its retry with `inputResponses` and
+//!   `requestState` answers the server's request, and the parked request answers the retry.
 //!
 //! Either way a request answered with nothing before its result gets a plain JSON response,
 //! with the HTTP status the revision gives its errors (400 for a version or header mismatch,
@@ -181,7 +182,7 @@ pub(super) async fn post(
     };
     let method = value["method"].as_str().unwrap_or_default().to_owned();
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let session: SessionId = Arc::from("sessionless");
+    let session: SessionId = Arc::from(super::hub::SESSIONLESS);
     match route {
         Route::Native(hub) => {
             let upstream = hub.request(&session, message, tx.clone()).await;

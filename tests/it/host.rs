@@ -839,3 +839,116 @@ fn a_broken_answer_stream_is_primed_and_resumes_with_last_event_id() {
         "the events after {last_id}, then the answer: {rest}"
     );
 }
+
+/// A sessionless (2026-07-28) POST to the host; returns the HTTP status and the JSON answer.
+fn sessionless(
+    port: u16,
+    id: i64,
+    method: &str,
+    params: Value,
+    name: Option<&str>,
+) -> (u16, Value) {
+    let mut params = params;
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"sampling": {}},
+        "io.modelcontextprotocol/clientInfo": {"name": "modern-client", "version": "0"}
+    });
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    let mut headers = vec![
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", method),
+    ];
+    if let Some(name) = name {
+        headers.push(("Mcp-Name", name));
+    }
+    let answer =
+        crate::support::managed::try_http(port, "POST", "/mcp", &headers, &body.to_string())
+            .expect("the host answers");
+    let json = if answer.body.trim_start().starts_with('{') {
+        answer.json()
+    } else {
+        // SSE: the last data line carries the response.
+        answer
+            .body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .find(|m| m.get("id") == Some(&json!(id)))
+            .unwrap_or(Value::Null)
+    };
+    (answer.status, json)
+}
+
+#[test]
+fn an_old_stdio_server_serves_sessionless_clients_through_the_bridge() {
+    let home = TestHome::new();
+    let js = everything_js().display().to_string();
+    let host = stdio_host(&home, "shared", &["node", &js, "stdio"], &[]);
+    let (status, discover) = sessionless(host.port, 1, "server/discover", json!({}), None);
+    assert_eq!(status, 200, "{discover}");
+    assert_eq!(
+        discover["result"]["supportedVersions"],
+        json!(["2026-07-28"]),
+        "{discover}"
+    );
+    assert!(
+        discover["result"]["capabilities"]["tools"].is_object(),
+        "{discover}"
+    );
+
+    let echo = json!({"name": "echo", "arguments": {"message": "modern"}});
+    let (status, answer) = sessionless(host.port, 2, "tools/call", echo.clone(), Some("echo"));
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.to_string().contains("modern"), "{answer}");
+    assert_eq!(answer["result"]["resultType"], "complete", "{answer}");
+
+    let (status, refused) = sessionless(host.port, 3, "tools/call", echo, Some("other"));
+    assert_eq!(status, 400, "a Mcp-Name that does not match: {refused}");
+    assert_eq!(refused["error"]["code"], -32020);
+    let get = crate::support::managed::try_http(
+        host.port,
+        "GET",
+        "/mcp",
+        &[("MCP-Protocol-Version", "2026-07-28")],
+        "",
+    )
+    .expect("GET");
+    assert_eq!(get.status, 405);
+
+    // A server→client request becomes an input-required result; the retry carries the answer.
+    let sample = json!({"name": "trigger-sampling-request", "arguments": {"prompt": "hi"}});
+    let (status, asked) = sessionless(
+        host.port,
+        4,
+        "tools/call",
+        sample.clone(),
+        Some("trigger-sampling-request"),
+    );
+    assert_eq!(status, 200, "{asked}");
+    let result = &asked["result"];
+    assert_eq!(result["resultType"], "input_required", "{asked}");
+    let (key, request) = result["inputRequests"]
+        .as_object()
+        .and_then(|m| m.iter().next())
+        .expect("one input request");
+    assert_eq!(request["method"], "sampling/createMessage", "{asked}");
+    let mut retry = sample;
+    retry["inputResponses"] = json!({key.as_str(): {
+        "role": "assistant",
+        "content": {"type": "text", "text": "canned answer"},
+        "model": "test", "stopReason": "endTurn"
+    }});
+    retry["requestState"] = result["requestState"].clone();
+    let (status, done) = sessionless(
+        host.port,
+        5,
+        "tools/call",
+        retry,
+        Some("trigger-sampling-request"),
+    );
+    assert_eq!(status, 200, "{done}");
+    assert!(done.to_string().contains("canned answer"), "{done}");
+}
