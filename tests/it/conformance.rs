@@ -155,3 +155,95 @@ fn the_newest_conformance_suite_ends_through_mcpsm_as_it_does_directly_at_every_
         table.join("\n")
     );
 }
+
+/// The client scenarios a TS SDK host can drive (2026-07-28-only ones need a 2026 client; see
+/// `real::alpha_conformance_standard_headers_pass_through_the_proxy` for the one run here).
+const CLIENT_SCENARIOS: [&str; 4] = [
+    "initialize",
+    "tools_call",
+    "elicitation-sep1034-client-defaults",
+    "sse-retry",
+];
+
+/// `conformance client --scenario S` with the TS SDK host, either through `mcpsm proxy` or
+/// with the SDK's own HTTP transport: check id → status.
+fn run_client_scenario(
+    home: &TestHome,
+    suite: &str,
+    scenario: &str,
+    through_mcpsm: bool,
+) -> BTreeMap<String, String> {
+    let suite_bin = installed(support_dir().join(suite).join("node_modules/.bin"));
+    let label = if through_mcpsm { "mcpsm" } else { "direct" };
+    let out = home
+        .path()
+        .join(format!("client-{suite}-{scenario}-{label}"));
+    let driver = support_dir().join("conformance_client.mjs");
+    let host = if through_mcpsm {
+        format!("node {} {} proxy", driver.display(), bin().display())
+    } else {
+        format!("node {} --direct", driver.display())
+    };
+    let mut command = Command::new(suite_bin.join("conformance"));
+    command
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                suite_bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("HOME", home.path())
+        .env("MCPSM_HOME", home.path())
+        .args(["client", "--scenario", scenario, "--command", &host, "-o"])
+        .arg(&out)
+        .current_dir(home.path());
+    let output = run_with_deadline(command, Duration::from_secs(120));
+    let mut checks = BTreeMap::new();
+    for entry in std::fs::read_dir(&out).into_iter().flatten().flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("checks.json")) else {
+            continue;
+        };
+        if let Ok(Value::Array(list)) = serde_json::from_str::<Value>(&text) {
+            for check in list {
+                checks.insert(
+                    check["id"].as_str().unwrap_or("?").to_owned(),
+                    check["status"].as_str().unwrap_or("?").to_owned(),
+                );
+            }
+        }
+    }
+    assert!(
+        !checks.is_empty(),
+        "no results from client scenario {scenario} ({suite}, {label})\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    checks
+}
+
+#[test]
+fn client_scenarios_of_both_suites_end_through_the_proxy_as_with_the_sdks_own_transport() {
+    let home = TestHome::new();
+    let mut differences = Vec::new();
+    let alpha_only = ["json-schema-2020-12-preservation"];
+    let runs = CLIENT_SCENARIOS
+        .iter()
+        .flat_map(|s| [("conformance", *s), ("conformance-alpha", *s)])
+        .chain(alpha_only.iter().map(|s| ("conformance-alpha", *s)));
+    for (suite, scenario) in runs {
+        let direct = run_client_scenario(&home, suite, scenario, false);
+        let through = run_client_scenario(&home, suite, scenario, true);
+        for check in direct.keys().chain(through.keys()) {
+            let (d, t) = (direct.get(check), through.get(check));
+            if d != t && t.is_none_or(|t| t != "SUCCESS") {
+                differences.push(format!(
+                    "{suite} {scenario} {check}: direct {d:?}, through mcpsm {t:?}"
+                ));
+            }
+        }
+    }
+    differences.dedup();
+    assert!(differences.is_empty(), "{differences:#?}");
+}

@@ -4,6 +4,9 @@
 //   conformance client --scenario S \
 //     --command "node tests/support/conformance_client.mjs /path/to/mcpsm proxy"
 //
+// With `--direct` instead of a proxy command, the same host talks to the mock server with the
+// SDK's own StreamableHTTPClientTransport: the reference a run through the proxy is compared to.
+//
 // The suite appends its mock server's URL as the LAST argument and sets
 // MCP_CONFORMANCE_SCENARIO. Everything between this script and the URL is the proxy command:
 // it is spawned as `PROXY_CMD... --url URL` (or, if some argument contains `{url}`, with that
@@ -32,7 +35,7 @@ const TAG = "conformance_client";
 const log = (...a) => console.error(`${TAG}:`, ...a);
 
 async function loadSdk() {
-  const subpaths = ["client/index.js", "client/stdio.js", "types.js"];
+  const subpaths = ["client/index.js", "client/stdio.js", "types.js", "client/streamableHttp.js"];
   const tries = [
     (p) => import(`@modelcontextprotocol/sdk/${p}`), // tests/support/node_modules
     (p) => {
@@ -44,8 +47,13 @@ async function loadSdk() {
   let last;
   for (const t of tries) {
     try {
-      const [client, stdio, types] = await Promise.all(subpaths.map(t));
-      return { Client: client.Client, StdioClientTransport: stdio.StdioClientTransport, types };
+      const [client, stdio, types, http] = await Promise.all(subpaths.map(t));
+      return {
+        Client: client.Client,
+        StdioClientTransport: stdio.StdioClientTransport,
+        StreamableHTTPClientTransport: http.StreamableHTTPClientTransport,
+        types,
+      };
     } catch (e) {
       last = e;
     }
@@ -77,13 +85,14 @@ async function main() {
     return 2;
   }
   const url = argv[argv.length - 1];
+  const direct = argv[0] === "--direct";
   let cmd = argv.slice(0, -1);
   if (cmd.some((a) => a.includes("{url}"))) cmd = cmd.map((a) => a.replaceAll("{url}", url));
   else cmd = [...cmd, "--url", url];
   const scenario = process.env.MCP_CONFORMANCE_SCENARIO ?? "initialize";
-  log(`scenario ${scenario}: spawning ${JSON.stringify(cmd)}`);
+  log(`scenario ${scenario}: ${direct ? `directly to ${url}` : `spawning ${JSON.stringify(cmd)}`}`);
 
-  const { Client, StdioClientTransport, types } = await loadSdk();
+  const { Client, StdioClientTransport, StreamableHTTPClientTransport, types } = await loadSdk();
   const elicitations = [];
   const client = new Client(
     { name: "mcpsm-conformance-driver", version: "0.1.0" },
@@ -97,12 +106,14 @@ async function main() {
       return { action: "accept", content };
     });
   }
-  const transport = new StdioClientTransport({
-    command: cmd[0],
-    args: cmd.slice(1),
-    env: { ...process.env }, // the SDK would otherwise pass only HOME, PATH, ...
-    stderr: "inherit",
-  });
+  const transport = direct
+    ? new StreamableHTTPClientTransport(new URL(url))
+    : new StdioClientTransport({
+        command: cmd[0],
+        args: cmd.slice(1),
+        env: { ...process.env }, // the SDK would otherwise pass only HOME, PATH, ...
+        stderr: "inherit",
+      });
   const opts = { timeout: 25_000 }; // the suite kills us after 30 s by default
   try {
     await client.connect(transport, opts);
