@@ -2203,7 +2203,11 @@ async fn recovery(ctx: &Ctx, home: &Home, contender: &Contender, reps: usize) ->
     for rep in 0..reps {
         let attempt = async {
             session.checked_echo(&message, SHORT_MESSAGE).await?;
-            let pids = procfs::find_by_args(&[&mcpsm, "demo-server", "--port", &port]);
+            // Not the daemon's `mcpsm log-writer … -- mcpsm demo-server --port P` parent.
+            let pids: Vec<i32> = procfs::find_by_args(&[&mcpsm, "demo-server", "--port", &port])
+                .into_iter()
+                .filter(|&p| procfs::args(p).get(1).map(String::as_str) == Some("demo-server"))
+                .collect();
             let &[pid] = pids.as_slice() else {
                 bail!("expected one managed demo daemon on port {port}, found {pids:?}");
             };
