@@ -8,6 +8,8 @@
 #                                     manager RSS at start, middle and end (minutes; not in CI)
 #   bash bench/run.sh -- ARGS...      pass ARGS to the harness instead of the defaults, e.g.
 #                                     bash bench/run.sh -- --contenders direct,mcpsm --calls 5000
+#                                     bash bench/run.sh -- --only stdio-host --calls 2000 --rounds 10
+#                                     (the stdio-host section alone: seconds)
 #
 # The harness is examples/bench.rs (`target/release/examples/bench --help` lists its options).
 # Benchmarks are not tests: nothing here asserts on timings; the harness fails only when calls

@@ -57,8 +57,8 @@ const SPAWN_PARALLELISM: usize = 4;
     about = "Measure mcpsm proxy side by side with peer stdio->HTTP MCP proxies (see BENCHMARKS.md)"
 )]
 struct Args {
-    /// CI smoke run: mcpsm and direct only, demo upstream, a few dozen calls, stdout only;
-    /// exits non-zero only if a call fails
+    /// CI smoke run: mcpsm and direct only, demo upstream and the stdio-host section, a few
+    /// dozen calls, stdout only; exits non-zero only if a call fails
     #[arg(long)]
     smoke: bool,
     /// Soak run instead of the benchmark: `--soak-calls` calls through one `mcpsm proxy
@@ -120,6 +120,21 @@ struct Args {
     /// Skip the mcpsm-only manager measurements (cold start, warm --target, recovery)
     #[arg(long)]
     skip_managed: bool,
+    /// Run only this section: `stdio-host` (a stdio-only server spawned directly vs shared
+    /// through `mcpsm proxy --target`); `--calls` and `--rounds` apply
+    #[arg(long, value_enum)]
+    only: Option<Section>,
+    /// Skip the stdio-host section
+    #[arg(long)]
+    skip_stdio_host: bool,
+    /// Stdio servers of the stdio-host section: everything (server-everything's stdio mode),
+    /// echo (this harness's own minimal stdio server, which costs next to nothing)
+    #[arg(long, value_delimiter = ',', default_value = "everything,echo")]
+    stdio_servers: Vec<String>,
+    /// Serve a minimal stdio MCP server (tool `echo`) on stdin/stdout instead of measuring:
+    /// the `echo` stdio server of the stdio-host section
+    #[arg(long, hide = true)]
+    serve_stdio_echo: bool,
     /// Also measure another mcpsm build or configuration beside the main one, e.g.
     /// `--variant new=/tmp/mcpsm` or `--variant x=target/release/mcpsm,SOME_ENV=1` (repeatable)
     #[arg(long)]
@@ -133,6 +148,12 @@ struct Args {
     /// The command that reproduces this run, for the report
     #[arg(long, default_value = "bash bench/run.sh")]
     reproduce: String,
+}
+
+/// A section `--only` runs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Section {
+    StdioHost,
 }
 
 impl Args {
@@ -158,6 +179,8 @@ enum Peer {
     /// Not a proxy: `cat` echoing the request line, the floor of the stdio hop alone.
     Pipe,
     Direct,
+    /// A stdio server spawned by the client itself (the stdio-host section's floor).
+    DirectStdio,
     Mcpsm,
     McpProxy,
     McpRemote,
@@ -185,6 +208,7 @@ impl Peer {
         match self {
             Peer::Pipe => "pipe (cat)",
             Peer::Direct => "direct",
+            Peer::DirectStdio => "direct stdio",
             Peer::Mcpsm => "mcpsm",
             Peer::McpProxy => "mcp-proxy",
             Peer::McpRemote => "mcp-remote",
@@ -286,6 +310,8 @@ struct Ctx {
     peers: PathBuf,
     everything: PathBuf,
     loopback: PathBuf,
+    /// This harness's own executable (the `echo` stdio server of the stdio-host section).
+    harness: PathBuf,
     scratch: tempfile::TempDir,
     http: reqwest::Client,
     logs: AtomicU64,
@@ -344,7 +370,7 @@ impl Ctx {
                 ],
                 env: self.variants[i].env.clone(),
             }),
-            Peer::Direct => None,
+            Peer::Direct | Peer::DirectStdio => None,
             Peer::Pipe => Some(Launch {
                 program: PathBuf::from("cat"),
                 args: vec![],
@@ -516,6 +542,11 @@ mod procfs {
         out
     }
 
+    /// The process group of a process.
+    pub fn stat_group(pid: i32) -> Option<i32> {
+        stat_fields(pid)?.get(2)?.parse().ok()
+    }
+
     pub fn group(pgid: i32) -> Vec<i32> {
         groups().remove(&pgid).unwrap_or_default()
     }
@@ -578,6 +609,18 @@ mod procfs {
     /// The state letter of a process (`Z` for a zombie), or `None` once it is gone.
     pub fn state(pid: i32) -> Option<char> {
         stat_fields(pid)?.first()?.chars().next()
+    }
+
+    /// The command line of a process, argument by argument (empty once it is gone).
+    pub fn args(pid: i32) -> Vec<String> {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|raw| {
+                raw.split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Processes whose command line contains every one of `words` as an argument.
@@ -1113,6 +1156,7 @@ struct Stats {
     min_us: f64,
     p50_us: f64,
     p90_us: f64,
+    p95_us: f64,
     p99_us: f64,
     max_us: f64,
     mean_us: f64,
@@ -1133,6 +1177,7 @@ fn stats(values: &[f64]) -> Option<Stats> {
         min_us: v[0],
         p50_us: at(0.50),
         p90_us: at(0.90),
+        p95_us: at(0.95),
         p99_us: at(0.99),
         max_us: v[v.len() - 1],
         mean_us: v.iter().sum::<f64>() / v.len() as f64,
@@ -1279,6 +1324,7 @@ struct Report {
     settings: Value,
     upstreams: Vec<UpstreamResult>,
     managed: Option<Managed>,
+    stdio_host: Option<StdioHost>,
     wall_seconds: f64,
 }
 
@@ -1372,6 +1418,18 @@ impl Upstream {
 
 /// One session per contender, `calls` sequential echoes each, in rotating rounds.
 async fn one_session(ctx: &Ctx, url: &str, contenders: &[Contender]) -> Vec<Latency> {
+    one_session_watching(ctx, url, contenders, &[]).await.0
+}
+
+/// [`one_session`], also measuring the CPU of other processes during one contender's blocks
+/// only: `watch` is (contender index, pids); the answer has one [`procfs::Cpu`] per entry.
+async fn one_session_watching(
+    ctx: &Ctx,
+    url: &str,
+    contenders: &[Contender],
+    watch: &[(usize, Vec<i32>)],
+) -> (Vec<Latency>, Vec<procfs::Cpu>) {
+    let mut watched = vec![procfs::Cpu::default(); watch.len()];
     let mut results: Vec<Latency> = vec![Latency::default(); contenders.len()];
     let mut sessions: Vec<Option<Session>> = Vec::new();
     let message = json_string(SHORT_MESSAGE);
@@ -1415,6 +1473,10 @@ async fn one_session(ctx: &Ctx, url: &str, contenders: &[Contender]) -> Vec<Late
             let own = i32::try_from(std::process::id()).ok();
             let pids = session.pgid().map(procfs::group).or(own.map(|p| vec![p]));
             let before = pids.as_deref().map(procfs::cpu);
+            let watched_before: Vec<Option<procfs::Cpu>> = watch
+                .iter()
+                .map(|(c, pids)| (*c == i).then(|| procfs::cpu(pids)))
+                .collect();
             let mut failed = None;
             for _ in 0..block {
                 match session.echo(&message, CALL_TIMEOUT).await {
@@ -1433,6 +1495,11 @@ async fn one_session(ctx: &Ctx, url: &str, contenders: &[Contender]) -> Vec<Late
             }
             if let (Some(pids), Some(before)) = (&pids, before) {
                 cpu[i].add(procfs::cpu(pids).since(before));
+            }
+            for (k, before) in watched_before.into_iter().enumerate() {
+                if let Some(before) = before {
+                    watched[k].add(procfs::cpu(&watch[k].1).since(before));
+                }
             }
             if let Some(e) = failed {
                 results[i].error = Some(format!("{e:#}"));
@@ -1473,7 +1540,7 @@ async fn one_session(ctx: &Ctx, url: &str, contenders: &[Contender]) -> Vec<Late
             }
         }
     }
-    results
+    (results, watched)
 }
 
 fn ticks_us(ctx: &Ctx, ticks: u64) -> f64 {
@@ -1850,6 +1917,11 @@ struct Home {
 
 impl Home {
     fn create(ctx: &Ctx, name: &str) -> Result<Home> {
+        Home::with_daemons(ctx, name, "")
+    }
+
+    /// A home whose registry has `extra` (TOML daemon tables) beside the usual daemons.
+    fn with_daemons(ctx: &Ctx, name: &str, extra: &str) -> Result<Home> {
         let dir = ctx.scratch.path().join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let manager_port = free_port()?;
@@ -1872,7 +1944,7 @@ args = ["-r", {loopback}, {everything}, "streamableHttp"]
 env = {{ PORT = "{{port}}" }}
 port = {everything_port}
 startup-timeout = "60s"
-"#,
+{extra}"#,
             mcpsm = s(&ctx.mcpsm),
             loopback = s(&ctx.loopback),
             everything = s(&ctx.everything),
@@ -2152,7 +2224,11 @@ async fn recovery(ctx: &Ctx, home: &Home, contender: &Contender, reps: usize) ->
     for rep in 0..reps {
         let attempt = async {
             session.checked_echo(&message, SHORT_MESSAGE).await?;
-            let pids = procfs::find_by_args(&[&mcpsm, "demo-server", "--port", &port]);
+            // Not the daemon's `mcpsm log-writer … -- mcpsm demo-server --port P` parent.
+            let pids: Vec<i32> = procfs::find_by_args(&[&mcpsm, "demo-server", "--port", &port])
+                .into_iter()
+                .filter(|&p| procfs::args(p).get(1).map(String::as_str) == Some("demo-server"))
+                .collect();
             let &[pid] = pids.as_slice() else {
                 bail!("expected one managed demo daemon on port {port}, found {pids:?}");
             };
@@ -2206,6 +2282,305 @@ async fn recovery(ctx: &Ctx, home: &Home, contender: &Contender, reps: usize) ->
     result.ready_to_answer = stats(&to_answer);
     result.kill_to_answer = stats(&total);
     result
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stdio-host path: a stdio-only server shared through mcpsm vs spawned by the client
+
+/// A stdio server of the stdio-host section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StdioServer {
+    /// `node server-everything/dist/index.js stdio`: the real server the issue names.
+    Everything,
+    /// This harness's own minimal stdio server (`--serve-stdio-echo`): it costs next to
+    /// nothing, so the difference is mcpsm's alone.
+    Echo,
+}
+
+impl StdioServer {
+    fn parse(name: &str) -> Result<StdioServer> {
+        match name.trim() {
+            "everything" => Ok(StdioServer::Everything),
+            "echo" => Ok(StdioServer::Echo),
+            other => bail!("unknown stdio server `{other}` (known: everything, echo)"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            StdioServer::Everything => "everything",
+            StdioServer::Echo => "echo",
+        }
+    }
+
+    /// The registry daemon that runs this server behind the stdio host.
+    fn daemon(self) -> &'static str {
+        match self {
+            StdioServer::Everything => "everything-stdio",
+            StdioServer::Echo => "echo-stdio",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            StdioServer::Everything => "`@modelcontextprotocol/server-everything stdio`",
+            StdioServer::Echo => "the harness's minimal stdio server (`bench --serve-stdio-echo`)",
+        }
+    }
+
+    /// The server's command, as a client without mcpsm spawns it.
+    fn launch(self, ctx: &Ctx) -> Launch {
+        match self {
+            StdioServer::Everything => Launch {
+                program: PathBuf::from("node"),
+                args: vec![
+                    ctx.everything.to_string_lossy().into_owned(),
+                    "stdio".into(),
+                ],
+                env: vec![],
+            },
+            StdioServer::Echo => Launch {
+                program: ctx.harness.clone(),
+                args: vec!["--serve-stdio-echo".into()],
+                env: vec![],
+            },
+        }
+    }
+
+    /// Its registry table: the same command, `transport = "stdio"`.
+    fn registry_table(self, ctx: &Ctx, port: u16) -> String {
+        let launch = self.launch(ctx);
+        let args: Vec<String> = launch.args.iter().map(|a| json_string(a)).collect();
+        format!(
+            "\n[daemons.{}]\ncommand = {}\nargs = [{}]\nport = {port}\ntransport = \"stdio\"\nstartup-timeout = \"60s\"\n",
+            self.daemon(),
+            json_string(&launch.program.to_string_lossy()),
+            args.join(", ")
+        )
+    }
+}
+
+#[derive(Serialize, Clone, Debug, Default)]
+struct StdioHostRun {
+    server: String,
+    title: String,
+    direct_command: String,
+    mcpsm_command: String,
+    /// The daemon's table in the scratch home's registry.
+    registry_table: String,
+    /// The client spawns the server itself; CPU and RSS are the server process's.
+    direct: Latency,
+    /// `mcpsm proxy --target`; CPU and RSS are the proxy's.
+    mcpsm: Latency,
+    added_p50_us: Option<f64>,
+    added_p95_us: Option<f64>,
+    added_p99_us: Option<f64>,
+    /// `mcpsm stdio-host` alone (not its server process), at the end of the run.
+    host_peak_rss_kib: Option<u64>,
+    host_anon_rss_kib: Option<u64>,
+    /// On-CPU µs of the host per call through it, over mcpsm's blocks of calls.
+    host_cpu_us_per_call: Option<f64>,
+    /// The server process behind the host, the same way.
+    hosted_server_peak_rss_kib: Option<u64>,
+    hosted_server_cpu_us_per_call: Option<f64>,
+    error: Option<String>,
+}
+
+#[derive(Serialize, Clone, Debug, Default)]
+struct StdioHost {
+    runs: Vec<StdioHostRun>,
+    error: Option<String>,
+}
+
+/// `--serve-stdio-echo`: a minimal stdio MCP server (`initialize`, `ping`, `tools/list`,
+/// `tools/call echo`), one line in, one line out, no threads.
+fn serve_stdio_echo() -> ExitCode {
+    use std::io::{BufRead as _, Write as _};
+    let stdin = std::io::stdin().lock();
+    let mut stdout = std::io::stdout().lock();
+    for line in stdin.lines() {
+        let Ok(line) = line else { break };
+        let Ok(message) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        let (Some(id), Some(method)) = (
+            message.get("id"),
+            message.get("method").and_then(Value::as_str),
+        ) else {
+            continue; // a notification or a response: nothing to answer
+        };
+        let outcome = match method {
+            "initialize" => Ok(json!({
+                "protocolVersion": message
+                    .pointer("/params/protocolVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or(PROTOCOL_VERSION),
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "mcpsm-bench-echo", "version": env!("CARGO_PKG_VERSION")}
+            })),
+            "ping" => Ok(json!({})),
+            "tools/list" => Ok(json!({"tools": [{
+                "name": "echo",
+                "description": "Echoes the message back",
+                "inputSchema": {
+                    "type": "object",
+                    "properties": {"message": {"type": "string"}},
+                    "required": ["message"]
+                }
+            }]})),
+            "tools/call" if message.pointer("/params/name") == Some(&json!("echo")) => {
+                let text = message
+                    .pointer("/params/arguments/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                Ok(json!({"content": [{"type": "text", "text": format!("Echo: {text}")}]}))
+            }
+            _ => Err(json!({"code": -32601, "message": format!("no method {method}")})),
+        };
+        let answer = match outcome {
+            Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+            Err(error) => json!({"jsonrpc": "2.0", "id": id, "error": error}),
+        };
+        if writeln!(stdout, "{answer}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            break;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Each stdio server spawned directly by the client vs the same command as a registry daemon
+/// with `transport = "stdio"`, reached through `mcpsm proxy --target`: interleaved rounds of
+/// sequential `tools/call echo`, as in [`one_session`].
+async fn measure_stdio_host(ctx: &Ctx, servers: &[StdioServer]) -> StdioHost {
+    let mut result = StdioHost::default();
+    let mut tables = String::new();
+    let mut ports = Vec::new();
+    for server in servers {
+        let port = match free_port() {
+            Ok(p) => p,
+            Err(e) => {
+                result.error = Some(format!("{e:#}"));
+                return result;
+            }
+        };
+        tables.push_str(&server.registry_table(ctx, port));
+        ports.push(port);
+    }
+    let home = match Home::with_daemons(ctx, "stdio-host", &tables) {
+        Ok(h) => h,
+        Err(e) => {
+            result.error = Some(format!("{e:#}"));
+            return result;
+        }
+    };
+    for (server, port) in servers.iter().zip(ports) {
+        progress(
+            ctx,
+            &format!(
+                "stdio host ({}): direct stdio vs mcpsm --target",
+                server.name()
+            ),
+        );
+        result
+            .runs
+            .push(stdio_host_run(ctx, &home, *server, port).await);
+    }
+    home.stop_manager();
+    result
+}
+
+async fn stdio_host_run(ctx: &Ctx, home: &Home, server: StdioServer, port: u16) -> StdioHostRun {
+    let direct = Contender {
+        peer: Peer::DirectStdio,
+        name: "direct stdio".into(),
+        launch: Some(server.launch(ctx)),
+    };
+    let mcpsm = Contender {
+        peer: Peer::Mcpsm,
+        name: "mcpsm --target".into(),
+        launch: Some(ctx.target_launch(&home.dir, server.daemon())),
+    };
+    let mut run = StdioHostRun {
+        server: server.name().into(),
+        title: server.title().into(),
+        direct_command: direct
+            .launch
+            .as_ref()
+            .map(|l| l.display(ctx))
+            .unwrap_or_default(),
+        // Without its MCPSM_HOME (a scratch directory): the registry table is in the report.
+        mcpsm_command: mcpsm
+            .launch
+            .as_ref()
+            .map(|l| {
+                Launch {
+                    env: Vec::new(),
+                    ..l.clone()
+                }
+                .display(ctx)
+            })
+            .unwrap_or_default(),
+        registry_table: shorten(&server.registry_table(ctx, 0), ctx)
+            .replace("port = 0", "port = PORT"),
+        ..StdioHostRun::default()
+    };
+    // The first session starts the manager (if needed), the host and its server process, so
+    // the measured one finds them warm, as a client's second session would.
+    if let Err(e) = async {
+        let (session, _) = Session::open(ctx, &mcpsm, "").await?;
+        session.close().await;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await
+    {
+        run.error = Some(format!("starting the daemon: {e:#}"));
+        return run;
+    }
+    let port = port.to_string();
+    // The daemon's process group: `mcpsm log-writer … -- mcpsm stdio-host --port P …` (the
+    // group's leader, which writes the host's stderr to the daemon's log), the host, and the
+    // host's server processes.
+    let hosts: Vec<i32> = procfs::find_by_args(&["stdio-host", "--port", &port])
+        .into_iter()
+        .filter(|&p| procfs::args(p).get(1).map(String::as_str) == Some("stdio-host"))
+        .collect();
+    let &[host] = hosts.as_slice() else {
+        run.error = Some(format!(
+            "expected one `mcpsm stdio-host --port {port}`, found {hosts:?}"
+        ));
+        return run;
+    };
+    let group = procfs::stat_group(host);
+    let hosted = || {
+        group
+            .map(procfs::group)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&p| !procfs::args(p).iter().any(|a| a == "stdio-host"))
+            .collect::<Vec<_>>()
+    };
+    // The host's and its server's CPU over mcpsm's blocks of calls only, as the proxy's.
+    let watch = [(1, vec![host]), (1, hosted())];
+    let (latencies, watched) = one_session_watching(ctx, "", &[direct, mcpsm], &watch).await;
+    let mut latencies = latencies.into_iter();
+    run.direct = latencies.next().unwrap_or_default();
+    run.mcpsm = latencies.next().unwrap_or_default();
+    let calls = run.mcpsm.calls;
+    let per_call = |cpu: procfs::Cpu| (calls > 0).then(|| cpu.sched_ns as f64 / 1e3 / calls as f64);
+    run.host_cpu_us_per_call = per_call(watched[0]);
+    run.hosted_server_cpu_us_per_call = per_call(watched[1]);
+    run.host_peak_rss_kib = Some(procfs::status_kib(&[host], "VmHWM"));
+    run.host_anon_rss_kib = Some(procfs::status_kib(&[host], "RssAnon"));
+    run.hosted_server_peak_rss_kib = Some(procfs::status_kib(&hosted(), "VmHWM"));
+    if let (Some(d), Some(m)) = (&run.direct.latency, &run.mcpsm.latency) {
+        run.added_p50_us = Some(m.p50_us - d.p50_us);
+        run.added_p95_us = Some(m.p95_us - d.p95_us);
+        run.added_p99_us = Some(m.p99_us - d.p99_us);
+    }
+    run
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2701,6 +3076,9 @@ fn render(report: &Report) -> String {
     if let Some(managed) = &report.managed {
         render_managed(&mut md, managed);
     }
+    if let Some(host) = &report.stdio_host {
+        render_stdio_host(&mut md, host);
+    }
     md
 }
 
@@ -2778,6 +3156,121 @@ fn render_managed(md: &mut String, managed: &Managed) {
         let _ = writeln!(md, "\nErrors: {}", excerpt(&r.errors.join("; ")));
     }
     let _ = writeln!(md);
+}
+
+/// The stdio-host target: a `tools/call` through `mcpsm proxy --target` to a stdio-hosted server
+/// adds at most this much p50 over the client spawning the server itself.
+const STDIO_HOST_TARGET_US: f64 = 500.0;
+
+fn render_stdio_host(md: &mut String, host: &StdioHost) {
+    let _ = writeln!(
+        md,
+        "## mcpsm only: the stdio-host path (a stdio-only server shared through `mcpsm proxy --target`)\n"
+    );
+    let _ = writeln!(
+        md,
+        "**direct stdio**: the harness's client spawns the stdio server itself and talks to it \
+         over its stdin/stdout — what a client does without mcpsm. **mcpsm --target**: the same \
+         command as a registry daemon with `transport = \"stdio\"`, which the manager runs behind \
+         `mcpsm stdio-host`; the client spawns `mcpsm proxy --target NAME` (manager, host and \
+         server already running, as for any session after the first). Same client, same \
+         `tools/call echo` round trips, interleaved rounds. CPU and RSS of *direct stdio* are \
+         the server process's; of *mcpsm --target* the proxy's. The host and the server behind \
+         it are shared by every session of the daemon; their CPU per call is measured over the \
+         same blocks of calls as the proxy's. Target: added p50 ≤ {}.\n",
+        fmt_us(STDIO_HOST_TARGET_US)
+    );
+    if let Some(e) = &host.error {
+        let _ = writeln!(md, "Could not set up the stdio host: {e}\n");
+    }
+    for run in &host.runs {
+        let calls = run.direct.calls.max(run.mcpsm.calls);
+        let _ = writeln!(
+            md,
+            "### {}: {calls} sequential `tools/call echo` per contender\n",
+            run.title
+        );
+        if let Some(e) = &run.error {
+            let _ = writeln!(md, "Failed: {}\n", excerpt(e));
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| contender | p50 | p95 | p99 | added p50 | added p95 | added p99 | CPU / call | peak RSS | private RSS |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (name, l, added) in [
+            ("direct stdio", &run.direct, [None, None, None]),
+            (
+                "mcpsm --target",
+                &run.mcpsm,
+                [run.added_p50_us, run.added_p95_us, run.added_p99_us],
+            ),
+        ] {
+            if let (None, Some(fail)) = (&l.latency, fail_cell(&l.error)) {
+                let _ = writeln!(md, "| {name} | {fail} | | | | | | | | |");
+                continue;
+            }
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                fmt_stat(&l.latency, |s| s.p50_us),
+                fmt_stat(&l.latency, |s| s.p95_us),
+                fmt_stat(&l.latency, |s| s.p99_us),
+                fmt_added(added[0]),
+                fmt_added(added[1]),
+                fmt_added(added[2]),
+                fmt_cpu(l.cpu_us_per_call),
+                fmt_kib(l.peak_rss_kib),
+                fmt_kib(l.anon_rss_kib),
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nShared by every session: the host (`mcpsm stdio-host`) {} peak RSS ({} private), \
+             {} CPU per call; the server process behind it {} peak RSS, {} CPU per call.\n",
+            fmt_kib(run.host_peak_rss_kib),
+            fmt_kib(run.host_anon_rss_kib),
+            fmt_cpu(run.host_cpu_us_per_call),
+            fmt_kib(run.hosted_server_peak_rss_kib),
+            fmt_cpu(run.hosted_server_cpu_us_per_call),
+        );
+        let verdict = match run.added_p50_us {
+            Some(a) if a <= STDIO_HOST_TARGET_US => "met",
+            Some(_) => "**not met**",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            md,
+            "Target added p50 ≤ {}: {} — {verdict}.\n",
+            fmt_us(STDIO_HOST_TARGET_US),
+            fmt_added(run.added_p50_us)
+        );
+        let errors: Vec<&String> = [&run.direct.error, &run.mcpsm.error]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !errors.is_empty() {
+            let _ = writeln!(
+                md,
+                "Errors: {}\n",
+                excerpt(
+                    &errors
+                        .iter()
+                        .map(|e| e.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            );
+        }
+        let _ = writeln!(
+            md,
+            "Commands: direct `{}`; mcpsm `{}`, with this daemon in its registry:\n\n```toml\n{}\n```\n",
+            run.direct_command,
+            run.mcpsm_command,
+            run.registry_table.trim(),
+        );
+    }
 }
 
 /// The issue's targets against mcpsm's numbers on the fast upstream.
@@ -2909,6 +3402,21 @@ fn render_targets(md: &mut String, report: &Report) {
         ),
         verdict(run64.map(|r| r.errors == 0 && mcpsm.scale.open_errors == 0))
     );
+    let stdio_host = report
+        .stdio_host
+        .as_ref()
+        .and_then(|h| h.runs.iter().find(|r| r.server == "everything"));
+    if let Some(run) = stdio_host {
+        let _ = writeln!(
+            md,
+            "| stdio-hosted `tools/call` (server-everything) ≤ direct stdio + {} p50 | {} (direct stdio {}, mcpsm --target {}) | {} |",
+            fmt_us(STDIO_HOST_TARGET_US),
+            fmt_added(run.added_p50_us),
+            fmt_stat(&run.direct.latency, |s| s.p50_us),
+            fmt_stat(&run.mcpsm.latency, |s| s.p50_us),
+            verdict(run.added_p50_us.map(|a| a <= STDIO_HOST_TARGET_US))
+        );
+    }
     let _ = writeln!(md);
 }
 
@@ -3021,6 +3529,47 @@ fn summary(report: &Report) -> String {
             }
         );
     }
+    if let Some(h) = &report.stdio_host {
+        if let Some(e) = &h.error {
+            let _ = writeln!(out, "stdio host: ERROR: {}", excerpt(e));
+        }
+        for run in &h.runs {
+            let _ = writeln!(out, "stdio host ({}):", run.server);
+            if let Some(e) = &run.error {
+                let _ = writeln!(out, "  ERROR: {}", excerpt(e));
+            }
+            for (name, l, added) in [
+                ("direct stdio", &run.direct, None),
+                ("mcpsm --target", &run.mcpsm, run.added_p50_us),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "  {:<14} p50 {:>9} p95 {:>9} p99 {:>9} added p50 {:>9} cpu/call {:>7} rss {:>9}{}",
+                    name,
+                    fmt_stat(&l.latency, |s| s.p50_us),
+                    fmt_stat(&l.latency, |s| s.p95_us),
+                    fmt_stat(&l.latency, |s| s.p99_us),
+                    fmt_added(added),
+                    fmt_cpu(l.cpu_us_per_call),
+                    fmt_kib(l.peak_rss_kib),
+                    l.error
+                        .as_ref()
+                        .map(|e| format!("  ERROR: {}", excerpt(e)))
+                        .unwrap_or_default()
+                );
+            }
+            let _ = writeln!(
+                out,
+                "  {:<14} rss {} (private {}), cpu/call {}; its server: rss {}, cpu/call {}",
+                "stdio host",
+                fmt_kib(run.host_peak_rss_kib),
+                fmt_kib(run.host_anon_rss_kib),
+                fmt_cpu(run.host_cpu_us_per_call),
+                fmt_kib(run.hosted_server_peak_rss_kib),
+                fmt_cpu(run.hosted_server_cpu_us_per_call),
+            );
+        }
+    }
     out
 }
 
@@ -3067,6 +3616,22 @@ fn failures(report: &Report) -> Vec<String> {
             out.push(format!("warm --target: {e}"));
         }
         out.extend(m.recovery.errors.iter().map(|e| format!("recovery: {e}")));
+    }
+    if let Some(h) = &report.stdio_host {
+        if let Some(e) = &h.error {
+            out.push(format!("stdio host: {e}"));
+        }
+        for run in &h.runs {
+            for (what, e) in [
+                ("", &run.error),
+                (" / direct stdio", &run.direct.error),
+                (" / mcpsm --target", &run.mcpsm.error),
+            ] {
+                if let Some(e) = e {
+                    out.push(format!("stdio host ({}){what}: {e}", run.server));
+                }
+            }
+        }
     }
     out
 }
@@ -3127,6 +3692,12 @@ async fn run(mut args: Args) -> Result<ExitCode> {
         args.contenders = vec!["mcpsm".into()];
         args.upstreams = vec!["demo".into()];
     }
+    if args.only == Some(Section::StdioHost) {
+        args.upstreams = Vec::new();
+        args.contenders = vec!["mcpsm".into()];
+        args.skip_managed = true;
+        args.skip_stdio_host = false;
+    }
     let mut peers: Vec<Peer> = args
         .contenders
         .iter()
@@ -3167,6 +3738,27 @@ async fn run(mut args: Args) -> Result<ExitCode> {
             everything.display()
         );
     }
+    let mut stdio_servers: Vec<StdioServer> = args
+        .stdio_servers
+        .iter()
+        .map(|s| StdioServer::parse(s))
+        .collect::<Result<_>>()?;
+    if args.skip_stdio_host || !peers.contains(&Peer::Mcpsm) {
+        stdio_servers.clear();
+    }
+    if stdio_servers.contains(&StdioServer::Everything) && !everything.exists() {
+        if !args.smoke {
+            bail!(
+                "server-everything is not installed ({} is missing)\nhint: run `bash tests/support/setup.sh`, or leave it out with --stdio-servers echo",
+                everything.display()
+            );
+        }
+        eprintln!(
+            "bench: server-everything is not installed ({}): the smoke run's stdio-host section uses the echo server only",
+            everything.display()
+        );
+        stdio_servers.retain(|s| *s != StdioServer::Everything);
+    }
 
     rustls::crypto::ring::default_provider()
         .install_default()
@@ -3197,6 +3789,7 @@ async fn run(mut args: Args) -> Result<ExitCode> {
         peers: peers_dir,
         everything,
         loopback,
+        harness: std::env::current_exe().context("locating this harness")?,
         scratch,
         http,
         logs: AtomicU64::new(0),
@@ -3224,6 +3817,15 @@ async fn run(mut args: Args) -> Result<ExitCode> {
     } else {
         None
     };
+    let stdio_host = if stdio_servers.is_empty() {
+        None
+    } else {
+        Some(measure_stdio_host(&ctx, &stdio_servers).await)
+    };
+    let mut version_upstreams = upstreams.clone();
+    if stdio_servers.contains(&StdioServer::Everything) {
+        version_upstreams.push(UpstreamKind::Everything);
+    }
 
     let report = Report {
         date: date(),
@@ -3231,16 +3833,18 @@ async fn run(mut args: Args) -> Result<ExitCode> {
         command: args.reproduce.clone(),
         harness_args,
         machine: machine(loadavg_before),
-        versions: versions(&ctx, &peers, &upstreams),
+        versions: versions(&ctx, &peers, &version_upstreams),
         contender_commands: commands,
         settings: json!({
             "calls": args.calls, "rounds": args.rounds, "spawns": args.spawns,
             "sessions": args.sessions, "session_calls": args.session_calls,
             "large_mib": args.large_mib, "managed_reps": args.managed_reps,
             "peer_scale_upstreams": args.peer_scale_upstreams,
+            "stdio_servers": stdio_servers.iter().map(|s| s.name()).collect::<Vec<_>>(),
         }),
         upstreams: results,
         managed,
+        stdio_host,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     print!("{}", summary(&report));
@@ -3268,6 +3872,7 @@ async fn run(mut args: Args) -> Result<ExitCode> {
             || f.starts_with("cold")
             || f.starts_with("warm")
             || f.starts_with("recovery")
+            || f.starts_with("stdio host")
             || f.contains("/ direct")
     });
     Ok(if mcpsm_failed || args.smoke {
@@ -3277,10 +3882,22 @@ async fn run(mut args: Args) -> Result<ExitCode> {
     })
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args).await {
+    if args.serve_stdio_echo {
+        return serve_stdio_echo();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");

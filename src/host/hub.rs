@@ -846,7 +846,7 @@ impl Hub {
         let pid = child.id();
         *lock(&self.pid) = pid;
         info!(daemon = %self.command.name, pid = pid.unwrap_or_default(), cwd = ?self.command.cwd, "MCP server process started");
-        let mut stdin = child
+        let stdin = child
             .stdin
             .take()
             .ok_or_else(|| std::io::Error::other("no stdin"))?;
@@ -857,6 +857,9 @@ impl Hub {
         let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
         *lock(&self.stdin) = Some(tx);
         let writer = tokio::spawn(async move {
+            // Buffered, so a line and its newline reach the server in one write (one read and
+            // one wake-up of its event loop, not two); flushed whenever no other line waits.
+            let mut stdin = tokio::io::BufWriter::new(stdin);
             while let Some(line) = rx.recv().await {
                 if stdin.write_all(&line).await.is_err() || stdin.write_all(b"\n").await.is_err() {
                     return;
