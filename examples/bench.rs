@@ -5,7 +5,12 @@
 //! This is a measuring tool, not a test: nothing here asserts on timings. `bash bench/run.sh`
 //! installs the pinned peers, builds mcpsm in release mode, runs this harness and writes
 //! `BENCHMARKS.md` and `bench/results.json`; `--smoke` (CI) runs mcpsm alone against the demo
-//! upstream for a few dozen calls, prints to stdout only, and fails only if a call fails.
+//! upstream and the stdio-host section for a few dozen calls, prints to stdout only, and fails
+//! only if a call fails.
+//!
+//! Beside the proxies on HTTP upstreams, the stdio-host section (`--only stdio-host` runs it
+//! alone) measures a stdio-only server spawned by the client itself against the same command as
+//! a `transport = "stdio"` registry daemon reached through `mcpsm proxy --target`.
 //!
 //! How it measures:
 //! - The client is a minimal MCP stdio client written here: it spawns a contender's command,
