@@ -373,6 +373,51 @@ pub struct ProxyArgs {
     /// before its waiting requests get errors
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub reconnect_timeout: std::time::Duration,
+
+    /// OAuth: a pre-registered client id for the server's authorization server
+    #[arg(
+        long,
+        value_name = "ID",
+        env = "MCPSM_OAUTH_CLIENT_ID",
+        help_heading = "OAuth (--url)"
+    )]
+    pub client_id: Option<String>,
+
+    /// OAuth: the pre-registered client's secret (prefer the environment variable)
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "MCPSM_OAUTH_CLIENT_SECRET",
+        hide_env_values = true,
+        help_heading = "OAuth (--url)"
+    )]
+    pub client_secret: Option<String>,
+
+    /// OAuth: the URL of a client ID metadata document describing this client
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "MCPSM_OAUTH_CLIENT_METADATA_URL",
+        help_heading = "OAuth (--url)"
+    )]
+    pub client_metadata_url: Option<String>,
+
+    /// OAuth: scopes to ask for (space-separated) instead of those the server suggests
+    #[arg(long, value_name = "SCOPES", help_heading = "OAuth (--url)")]
+    pub scopes: Option<String>,
+
+    /// OAuth: the port of the 127.0.0.1 redirect listener [default: a free port]
+    #[arg(
+        long,
+        value_name = "PORT",
+        default_value_t = 0,
+        help_heading = "OAuth (--url)"
+    )]
+    pub callback_port: u16,
+
+    /// OAuth: never authorize; pass the server's 401 on to the client
+    #[arg(long, help_heading = "OAuth (--url)")]
+    pub no_oauth: bool,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

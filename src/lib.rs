@@ -29,6 +29,7 @@
 //! - [`paths`]: where mcpsm keeps its files.
 //! - [`serve`]: how every mcpsm HTTP server accepts connections (TCP_NODELAY, timeouts).
 
+pub mod auth;
 pub mod cli;
 pub mod clients;
 pub mod cmd;

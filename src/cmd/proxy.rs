@@ -18,13 +18,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 use url::Url;
 
+use crate::auth;
 use crate::cli::ProxyArgs;
 use crate::config::{Registry, Sharing, TransportKind};
 use crate::jsonrpc::{oversize_refusals, Kind, Message, UPSTREAM_ERROR};
@@ -32,7 +33,7 @@ use crate::paths::Paths;
 use crate::supervise::client::{connect_or_start, ClientError, ManagerClient};
 use crate::supervise::secret;
 use crate::transport::stdio::{Line, LineReader};
-use crate::transport::{EnsureFn, Hooks, Options, Upstream};
+use crate::transport::{Authorizer, EnsureFn, Hooks, Options, Upstream};
 
 /// How long a failed ensure is the answer before it is tried again.
 const ENSURE_RETRY: Duration = Duration::from_secs(2);
@@ -70,7 +71,9 @@ pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<E
     let backend = match resolve(&args, registry) {
         Ok((options, gate)) => {
             let gate = gate.map(Arc::new);
+            let authorizer = oauth_for(&args, &options);
             let hooks = Hooks {
+                authorizer,
                 ensure: gate.clone().map(|gate| {
                     let ensure: EnsureFn = Arc::new(move || {
                         let gate = gate.clone();
@@ -278,6 +281,45 @@ fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<(Optio
         reconnect_timeout: Some(args.reconnect_timeout),
     };
     Ok((options, gate))
+}
+
+/// `proxy --url`: OAuth on demand (the first 401 starts it), unless the user gave an
+/// `Authorization` header or `--no-oauth`. Tokens are stored per URL, so every proxy for the
+/// same URL shares one authorization.
+fn oauth_for(args: &ProxyArgs, options: &Options) -> Option<Arc<dyn Authorizer>> {
+    if args.url.is_none() || args.no_oauth || options.headers.contains_key(AUTHORIZATION) {
+        return None;
+    }
+    let settings = auth::Settings {
+        client_id: args.client_id.clone(),
+        client_secret: args.client_secret.clone(),
+        client_metadata_url: args.client_metadata_url.clone(),
+        scopes: args.scopes.clone(),
+        callback_port: args.callback_port,
+        opener: None,
+        login_timeout: Duration::from_secs(300),
+    };
+    let home = match Paths::from_env() {
+        Ok(paths) => paths.home().to_path_buf(),
+        Err(e) => {
+            warn!("OAuth is off: {e}");
+            return None;
+        }
+    };
+    let url = options.url.as_str();
+    match auth::OAuth::new(
+        options.url.clone(),
+        options.label.clone(),
+        settings,
+        &home,
+        url,
+    ) {
+        Ok(oauth) => Some(Arc::new(oauth)),
+        Err(e) => {
+            warn!("OAuth is off: {e}");
+            None
+        }
+    }
 }
 
 /// For a daemon the manager runs: before the first message, ask the manager to ensure it

@@ -77,11 +77,13 @@ impl Session {
     async fn open(self: &Arc<Self>) -> Result<Connection, Failure> {
         let response = self
             .shared
-            .http
-            .get(self.sse_url.clone())
-            .headers(self.shared.options.headers.clone())
-            .header(ACCEPT, http::ACCEPT_SSE)
-            .send()
+            .send_authorized(|| {
+                self.shared
+                    .http
+                    .get(self.sse_url.clone())
+                    .headers(self.shared.options.headers.clone())
+                    .header(ACCEPT, http::ACCEPT_SSE)
+            })
             .await
             .map_err(|e| failure_of(&e))?;
         let status = response.status();
@@ -186,12 +188,14 @@ impl Session {
         };
         let response = self
             .shared
-            .http
-            .post(endpoint)
-            .headers(self.shared.options.headers.clone())
-            .header(CONTENT_TYPE, http::JSON)
-            .body(message.bytes().clone())
-            .send()
+            .send_authorized(|| {
+                self.shared
+                    .http
+                    .post(endpoint.clone())
+                    .headers(self.shared.options.headers.clone())
+                    .header(CONTENT_TYPE, http::JSON)
+                    .body(message.bytes().clone())
+            })
             .await;
         let failure = match response {
             Ok(r) if r.status().is_success() => return,

@@ -16,6 +16,7 @@
 //!   stream) the client's session survives: [`recovery`] reconnects, replays the client's
 //!   `initialize`, and resends what never reached the daemon.
 
+mod authorize;
 pub mod http;
 mod legacy;
 mod recovery;
@@ -40,6 +41,7 @@ use url::Url;
 
 use crate::config::TransportKind;
 use crate::jsonrpc::{method, Id, Kind, Message, INVALID_REQUEST, UPSTREAM_ERROR};
+pub use authorize::{AuthFuture, Authorizer};
 
 /// What an [`Upstream`] connects to and how it talks about it.
 #[derive(Debug, Clone)]
@@ -73,6 +75,8 @@ pub struct Hooks {
     pub ensure: Option<EnsureFn>,
     /// Called after each successful recovery.
     pub recovered: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Supplies `Authorization` (OAuth) and answers refusals; see [`Authorizer`].
+    pub authorizer: Option<Arc<dyn Authorizer>>,
 }
 
 /// Why a message could not be delivered.

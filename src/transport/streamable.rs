@@ -165,17 +165,21 @@ impl Session {
         }
         let negotiated = self.negotiated();
         let (version, metadata) = self.request_metadata(message, is_initialize, negotiated);
-        let mut request = self
-            .request_as(Method::POST, version)
-            .header(CONTENT_TYPE, http::JSON)
-            .header(ACCEPT, http::ACCEPT_BOTH);
-        if let Some((method, name)) = metadata {
-            request = request.header(MCP_METHOD, method);
-            if let Some(name) = name {
-                request = request.header(MCP_NAME, name);
-            }
-        }
-        request.body(message.bytes().clone()).send().await
+        self.shared
+            .send_authorized(|| {
+                let mut request = self
+                    .request_as(Method::POST, version.clone())
+                    .header(CONTENT_TYPE, http::JSON)
+                    .header(ACCEPT, http::ACCEPT_BOTH);
+                if let Some((method, name)) = &metadata {
+                    request = request.header(MCP_METHOD, method.clone());
+                    if let Some(name) = name {
+                        request = request.header(MCP_NAME, name.clone());
+                    }
+                }
+                request.body(message.bytes().clone())
+            })
+            .await
     }
 
     /// The `MCP-Protocol-Version` a POST of `message` carries, its `Mcp-Method` and, when it
@@ -458,10 +462,12 @@ impl Session {
             }
             debug!(%id, last_event_id = %resume_from, "resuming the response stream");
             let resumed = self
-                .request(Method::GET)
-                .header(ACCEPT, http::ACCEPT_SSE)
-                .header(LAST_EVENT_ID, header_value(&resume_from))
-                .send()
+                .shared
+                .send_authorized(|| {
+                    self.request(Method::GET)
+                        .header(ACCEPT, http::ACCEPT_SSE)
+                        .header(LAST_EVENT_ID, header_value(&resume_from))
+                })
                 .await;
             stream = match resumed {
                 Ok(r) if r.status().is_success() && http::is_event_stream(&r) => {
@@ -570,12 +576,16 @@ impl Session {
             if self.epoch.load(Ordering::Acquire) != epoch {
                 return; // a newer daemon session has its own stream
             }
-            let mut request = self.request(Method::GET).header(ACCEPT, http::ACCEPT_SSE);
-            if let Some(id) = &last_event_id {
-                request = request.header(LAST_EVENT_ID, header_value(id));
-            }
+            let send = self.shared.send_authorized(|| {
+                let mut request = self.request(Method::GET).header(ACCEPT, http::ACCEPT_SSE);
+                if let Some(id) = &last_event_id {
+                    request = request.header(LAST_EVENT_ID, header_value(id));
+                }
+                request
+            });
+            // Cancel-safe: dropping the send drops its connection; nothing was delivered yet.
             let response = tokio::select! {
-                r = request.send() => r,
+                r = send => r,
                 () = self.shared.shutdown.cancelled() => return,
             };
             match response {
@@ -657,7 +667,11 @@ impl Session {
         if self.session_id().is_none() {
             return;
         }
-        match self.request(Method::DELETE).send().await {
+        match self
+            .shared
+            .send_authorized(|| self.request(Method::DELETE))
+            .await
+        {
             Ok(r) => debug!("DELETE session: HTTP {}", r.status()),
             Err(e) => debug!("DELETE session failed: {}", cause(&e)),
         }

@@ -23,6 +23,14 @@
 //   elicitation-sep1034-client-defaults   declare elicitation; accept each elicitation/create
 //                                         with the requested schema's defaults; call the first
 //                                         tool
+//   auth/*                                the proxy authorizes (OAuth) on the first 401: this
+//                                         script sets MCPSM_OAUTH_OPENER to oauth_opener.mjs
+//                                         (a headless browser that follows the redirects to
+//                                         the proxy's listener), passes the scenario's
+//                                         pre-registered client from MCP_CONFORMANCE_CONTEXT
+//                                         as MCPSM_OAUTH_CLIENT_ID/SECRET and the suite's
+//                                         client metadata document URL; then connects, lists
+//                                         tools and calls the first one
 //   anything else                         connect, tools/list, close (logged as unknown)
 //
 // The proxy's stderr passes through. Exit code 0 when the scenario's own expectations hold,
@@ -106,12 +114,21 @@ async function main() {
       return { action: "accept", content };
     });
   }
+  const env = { ...process.env }; // the SDK would otherwise pass only HOME, PATH, ...
+  if (scenario.startsWith("auth/")) {
+    const opener = new URL("./oauth_opener.mjs", import.meta.url).pathname;
+    env.MCPSM_OAUTH_OPENER ??= `${process.execPath} ${opener}`;
+    env.MCPSM_OAUTH_CLIENT_METADATA_URL ??= "https://conformance-test.local/client-metadata.json";
+    const context = JSON.parse(process.env.MCP_CONFORMANCE_CONTEXT ?? "{}");
+    if (context.client_id) env.MCPSM_OAUTH_CLIENT_ID = context.client_id;
+    if (context.client_secret) env.MCPSM_OAUTH_CLIENT_SECRET = context.client_secret;
+  }
   const transport = direct
     ? new StreamableHTTPClientTransport(new URL(url))
     : new StdioClientTransport({
         command: cmd[0],
         args: cmd.slice(1),
-        env: { ...process.env }, // the SDK would otherwise pass only HOME, PATH, ...
+        env,
         stderr: "inherit",
       });
   const opts = { timeout: 25_000 }; // the suite kills us after 30 s by default
@@ -143,7 +160,11 @@ async function main() {
         break;
       }
       default:
-        if (scenario.startsWith("elicitation")) {
+        if (scenario.startsWith("auth/")) {
+          expect(tools.length > 0, "no tools listed");
+          const res = await call(tools[0].name, {});
+          log(`answer: ${textOf(res)}`);
+        } else if (scenario.startsWith("elicitation")) {
           expect(tools.length > 0, "no tools listed");
           const res = await call(tools[0].name, {});
           expect(elicitations.length > 0, "the server sent no elicitation/create");

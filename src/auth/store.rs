@@ -1,0 +1,231 @@
+//! Tokens at rest: one JSON file per server under `MCPSM_HOME/oauth/`, mode 0600 in a 0700
+//! directory, written atomically, and a lock file beside it so that concurrent processes
+//! for the same server run one authorization (or one refresh) between them.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::AuthError;
+use crate::paths::create_private_dir;
+
+/// A secret string: never printed, not even by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// How mcpsm is known to one authorization server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Client {
+    /// The authorization server this client belongs to (never used at another).
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    /// `none`, `client_secret_basic` or `client_secret_post`.
+    pub auth_method: String,
+    /// The redirect URI it was registered with (dynamic registration only).
+    pub redirect_uri: Option<String>,
+    /// How it came to be: `pre-registered`, `metadata-document` or `dynamic`.
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tokens {
+    pub access_token: Secret,
+    pub refresh_token: Option<Secret>,
+    /// Seconds since the epoch.
+    pub expires_at: Option<u64>,
+    /// What the authorization server said it granted, if it said.
+    pub scope: Option<String>,
+    /// What mcpsm asked for.
+    pub requested_scope: Option<String>,
+    /// The `resource` the tokens were issued for.
+    pub resource: String,
+    pub issuer: String,
+    /// Where to refresh them.
+    pub token_endpoint: String,
+    pub obtained_at: u64,
+    pub refreshed_at: Option<u64>,
+}
+
+/// Everything stored for one server.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Record {
+    pub server: String,
+    pub client: Option<Client>,
+    pub tokens: Option<Tokens>,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+/// The store of one server.
+#[derive(Debug, Clone)]
+pub struct Store {
+    file: PathBuf,
+    lock: PathBuf,
+}
+
+/// The directory of all stored authorizations.
+pub fn dir(home: &Path) -> PathBuf {
+    home.join("oauth")
+}
+
+impl Store {
+    /// The store for `key` (a daemon name, or a URL for `proxy --url`).
+    pub fn new(home: &Path, key: &str) -> Store {
+        let dir = dir(home);
+        let name = file_stem(key);
+        Store {
+            file: dir.join(format!("{name}.json")),
+            lock: dir.join(format!("{name}.lock")),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.file
+    }
+
+    pub fn load(&self) -> Record {
+        std::fs::read(&self.file)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn save(&self, record: &Record) -> Result<(), AuthError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = self.file.parent().unwrap_or(Path::new("."));
+        create_private_dir(dir).map_err(|e| store_error(dir, &e))?;
+        let bytes =
+            serde_json::to_vec_pretty(record).map_err(|e| AuthError::Store(e.to_string()))?;
+        let temp = self
+            .file
+            .with_extension(format!("json.{}.tmp", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(|e| store_error(&temp, &e))?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| store_error(&temp, &e))?;
+        std::fs::rename(&temp, &self.file).map_err(|e| store_error(&self.file, &e))
+    }
+
+    pub fn remove(&self) -> Result<bool, AuthError> {
+        match std::fs::remove_file(&self.file) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(store_error(&self.file, &e)),
+        }
+    }
+
+    /// Waits for the store's lock (other processes may be authorizing) and holds it until
+    /// the closure's future ends.
+    pub async fn locked<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, AuthError> {
+        let dir = self.lock.parent().unwrap_or(Path::new("."));
+        create_private_dir(dir).map_err(|e| store_error(dir, &e))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock)
+            .map_err(|e| store_error(&self.lock, &e))?;
+        let mut lock = fd_lock::RwLock::new(file);
+        // A try-lock loop keeps the runtime free while another process logs in.
+        let _guard = loop {
+            match lock.try_write() {
+                Ok(guard) => break guard,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(store_error(&self.lock, &e)),
+            }
+        };
+        Ok(work.await)
+    }
+}
+
+fn store_error(path: &Path, e: &std::io::Error) -> AuthError {
+    AuthError::Store(format!("{}: {e}", path.display()))
+}
+
+/// A file name for a key: readable where it can be, unique always.
+fn file_stem(key: &str) -> String {
+    let readable: String = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(48)
+        .collect();
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    let hash: String = digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{readable}-{hash}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_file_is_private_and_secrets_do_not_print() {
+        use std::os::unix::fs::PermissionsExt;
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::new(home.path(), "http://localhost:3000/mcp");
+        let record = Record {
+            server: "http://localhost:3000/mcp".into(),
+            client: None,
+            tokens: Some(Tokens {
+                access_token: Secret("very-secret".into()),
+                refresh_token: None,
+                expires_at: None,
+                scope: None,
+                requested_scope: None,
+                resource: "r".into(),
+                issuer: "i".into(),
+                token_endpoint: "t".into(),
+                obtained_at: 0,
+                refreshed_at: None,
+            }),
+        };
+        store.save(&record).unwrap();
+        let mode = std::fs::metadata(store.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!format!("{record:?}").contains("very-secret"));
+        assert_eq!(
+            store.load().tokens.unwrap().access_token,
+            Secret("very-secret".into())
+        );
+    }
+}
