@@ -127,9 +127,21 @@ fn sixteen_requests_in_flight_each_get_exactly_one_answer() {
 /// The official conformance suite's client scenarios, with a TS SDK host driving
 /// `mcpsm proxy --url <mock server>`.
 fn conformance_client(scenario: &str) {
+    let output = run_conformance_client("conformance", scenario);
+    assert!(
+        output.status.success(),
+        "conformance client scenario {scenario} failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Runs one client scenario of the suite installed under tests/support/`suite`.
+fn run_conformance_client(suite_dir: &str, scenario: &str) -> std::process::Output {
     let support = support_dir();
-    let suite = support.join("conformance/node_modules/.bin/conformance");
-    let node22 = support.join("conformance/node_modules/.bin");
+    let suite = support.join(format!("{suite_dir}/node_modules/.bin/conformance"));
+    let node22 = support.join(format!("{suite_dir}/node_modules/.bin"));
     assert!(
         suite.exists(),
         "{} is missing: run `bash tests/support/setup.sh`",
@@ -161,14 +173,107 @@ fn conformance_client(scenario: &str) {
         .arg("-o")
         .arg(&results)
         .current_dir(home.path());
-    let output = run_with_deadline(command, Duration::from_secs(120));
-    assert!(
-        output.status.success(),
-        "conformance client scenario {scenario} failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_with_deadline(command, Duration::from_secs(120))
+}
+
+/// The `auth/*` client scenarios of one suite through `mcpsm proxy`, the browser step done by
+/// tests/support/oauth_opener.mjs (MCPSM_OAUTH_OPENER). Every scenario passes except those
+/// in `not_passing`, each with its reason; those must still not pass (a stale entry fails).
+fn conformance_auth(suite_dir: &str, scenarios: &[&str], not_passing: &[(&str, &str)]) {
+    let mut failed = Vec::new();
+    for scenario in scenarios.iter().chain(not_passing.iter().map(|(s, _)| s)) {
+        let output = run_conformance_client(suite_dir, scenario);
+        let expected = !not_passing.iter().any(|(s, _)| s == scenario);
+        if output.status.success() != expected {
+            failed.push(format!(
+                "{scenario}: expected {}, got {}\n{}",
+                if expected { "a pass" } else { "a failure" },
+                output.status,
+                String::from_utf8_lossy(&output.stdout)
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}
+
+/// Authorization scenarios every suite version has.
+const AUTH_SCENARIOS: &[&str] = &[
+    "auth/metadata-default",
+    "auth/metadata-var1",
+    "auth/metadata-var2",
+    "auth/metadata-var3",
+    "auth/basic-cimd",
+    "auth/scope-from-www-authenticate",
+    "auth/scope-from-scopes-supported",
+    "auth/scope-omitted-when-undefined",
+    "auth/scope-step-up",
+    "auth/scope-retry-limit",
+    "auth/token-endpoint-auth-basic",
+    "auth/token-endpoint-auth-post",
+    "auth/token-endpoint-auth-none",
+    "auth/pre-registration",
+    "auth/2025-03-26-oauth-metadata-backcompat",
+    "auth/2025-03-26-oauth-endpoint-fallback",
+    "auth/resource-mismatch",
+];
+
+/// Extensions beyond the MCP authorization spec that `mcpsm proxy` does not implement.
+const AUTH_EXTENSIONS: &[(&str, &str)] = &[
+    ("auth/client-credentials-jwt", "extension (SEP-1046): client_credentials grant with private_key_jwt; mcpsm only runs the authorization code flow"),
+    ("auth/client-credentials-basic", "extension (SEP-1046): client_credentials grant; mcpsm only runs the authorization code flow"),
+];
+
+#[test]
+fn conformance_auth_scenarios_pass_through_the_proxy() {
+    let mut scenarios = AUTH_SCENARIOS.to_vec();
+    scenarios.extend([
+        "auth/offline-access-scope",
+        "auth/offline-access-not-supported",
+    ]);
+    let mut not_passing = AUTH_EXTENSIONS.to_vec();
+    not_passing.push((
+        "auth/cross-app-access-complete-flow",
+        "extension (SEP-990): enterprise token exchange with an IdP's ID token",
+    ));
+    conformance_auth("conformance", &scenarios, &not_passing);
+}
+
+/// 0.2.0-alpha.12: its RFC 9207 `iss` and issuer checks too. Its scenarios that exist only at
+/// 2026-07-28 run a sessionless mock that refuses `initialize`, which the TS SDK host of the
+/// driver sends; their authorization checks pass, the MCP session after it cannot.
+#[test]
+fn newest_conformance_auth_scenarios_pass_through_the_proxy() {
+    let mut scenarios = AUTH_SCENARIOS.to_vec();
+    scenarios.extend([
+        "auth/iss-supported-missing",
+        "auth/iss-wrong-issuer",
+        "auth/iss-unexpected",
+        "auth/iss-normalized",
+        "auth/metadata-issuer-mismatch",
+    ]);
+    let sessionless = "2026-07-28 only: the mock refuses the driver's `initialize` (MCP error -32020, Missing MCP-Protocol-Version); every authorization check passes";
+    let mut not_passing = AUTH_EXTENSIONS.to_vec();
+    not_passing.extend([
+        ("auth/offline-access-scope", sessionless),
+        ("auth/offline-access-not-supported", sessionless),
+        ("auth/iss-supported", sessionless),
+        ("auth/iss-not-advertised", sessionless),
+        (
+            "auth/authorization-server-migration",
+            "2026-07-28 only: the mock refuses the driver's `initialize` before any authorization",
+        ),
+        (
+            "auth/enterprise-managed-authorization",
+            "extension (SEP-990): enterprise token exchange",
+        ),
+        ("auth/dpop", "extension: DPoP-bound tokens (RFC 9449)"),
+        ("auth/dpop-nonce", "extension: DPoP-bound tokens (RFC 9449)"),
+        (
+            "auth/wif-jwt-bearer",
+            "extension: workload identity JWT bearer grant",
+        ),
+    ]);
+    conformance_auth("conformance-alpha", &scenarios, &not_passing);
 }
 
 #[test]
