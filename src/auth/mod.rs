@@ -348,9 +348,10 @@ impl OAuth {
     ) -> Result<(), AuthError> {
         let mut record = self.store.load();
         if let Some(tokens) = &record.tokens {
+            // Expiring soon is fine: `authorization` refreshes it before use.
             if record.server == self.server.as_str()
                 && !Self::matches(tokens, sent)
-                && !Self::expiring(tokens.expires_at)
+                && tokens.expires_at.is_none_or(|at| at > now())
             {
                 self.adopt(tokens);
                 return Ok(());

@@ -14,6 +14,7 @@ mod hardening;
 mod host;
 mod ids;
 mod manager;
+mod oauth;
 mod properties;
 mod real;
 mod recovery;

@@ -1,0 +1,222 @@
+//! OAuth through `mcpsm proxy --url`, against an in-process authorization server and MCP
+//! server on one origin: tokens never reach stderr, and concurrent proxies for one URL share
+//! one authorization and one refresh.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use serde_json::{json, Value};
+
+use crate::support::fake::Fake;
+use crate::support::{initialize_request, request, support_dir, Proxy, TestHome};
+
+#[derive(Default)]
+struct AuthServer {
+    authorizations: AtomicUsize,
+    refreshes: AtomicUsize,
+    issued: AtomicUsize,
+    valid: Mutex<HashSet<String>>,
+    /// Lifetime of tokens from the code exchange (refreshed ones live an hour).
+    first_lifetime: u64,
+}
+
+fn base(headers: &HeaderMap) -> String {
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    format!("http://{host}")
+}
+
+fn oauth_fake(first_lifetime: u64) -> (Fake, Arc<AuthServer>) {
+    let state = Arc::new(AuthServer {
+        first_lifetime,
+        ..AuthServer::default()
+    });
+    let router = Router::new()
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(|headers: HeaderMap| async move {
+                let base = base(&headers);
+                Json(json!({"resource": format!("{base}/mcp"), "authorization_servers": [base], "scopes_supported": ["mcp"]}))
+            }),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(|headers: HeaderMap| async move {
+                let base = base(&headers);
+                Json(json!({
+                    "issuer": base,
+                    "authorization_endpoint": format!("{base}/authorize"),
+                    "token_endpoint": format!("{base}/token"),
+                    "registration_endpoint": format!("{base}/register"),
+                    "response_types_supported": ["code"],
+                    "code_challenge_methods_supported": ["S256"],
+                    "token_endpoint_auth_methods_supported": ["none"],
+                }))
+            }),
+        )
+        .route(
+            "/register",
+            post(|| async { (StatusCode::CREATED, Json(json!({"client_id": "fake-client"}))) }),
+        )
+        .route(
+            "/authorize",
+            get(
+                |State(state): State<Arc<AuthServer>>, Query(q): Query<HashMap<String, String>>| async move {
+                    state.authorizations.fetch_add(1, Ordering::SeqCst);
+                    let to = format!(
+                        "{}?code=fake-code&state={}",
+                        q.get("redirect_uri").cloned().unwrap_or_default(),
+                        q.get("state").cloned().unwrap_or_default()
+                    );
+                    (StatusCode::FOUND, [("location", to)])
+                },
+            ),
+        )
+        .route(
+            "/token",
+            post(
+                |State(state): State<Arc<AuthServer>>, Form(form): Form<HashMap<String, String>>| async move {
+                    let n = state.issued.fetch_add(1, Ordering::SeqCst) + 1;
+                    let lifetime = if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
+                        state.refreshes.fetch_add(1, Ordering::SeqCst);
+                        3600
+                    } else {
+                        state.first_lifetime
+                    };
+                    let token = format!("secret-access-{n}");
+                    state.valid.lock().unwrap().insert(token.clone());
+                    Json(json!({
+                        "access_token": token,
+                        "token_type": "Bearer",
+                        "expires_in": lifetime,
+                        "refresh_token": format!("secret-refresh-{n}"),
+                    }))
+                },
+            ),
+        )
+        .route("/mcp", post(mcp).get(|| async { StatusCode::METHOD_NOT_ALLOWED }))
+        .with_state(state.clone());
+    (Fake::start(router), state)
+}
+
+async fn mcp(
+    State(state): State<Arc<AuthServer>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let token = headers
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !state.valid.lock().unwrap().contains(token) {
+        let challenge = format!(
+            r#"Bearer resource_metadata="{}/.well-known/oauth-protected-resource/mcp""#,
+            base(&headers)
+        );
+        return (
+            StatusCode::UNAUTHORIZED,
+            [("www-authenticate", challenge)],
+            Json(json!({"error": "invalid_token"})),
+        )
+            .into_response();
+    }
+    let Some(id) = body.get("id").cloned() else {
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let result = match body["method"].as_str() {
+        Some("initialize") => json!({
+            "protocolVersion": "2025-06-18",
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "fake-oauth", "version": "1"}
+        }),
+        Some("tools/list") => json!({"tools": []}),
+        _ => json!({}),
+    };
+    Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response()
+}
+
+fn oauth_proxy(home: &TestHome, url: &str) -> Proxy {
+    let mut command = home.mcpsm();
+    command
+        .env("RUST_LOG", "trace")
+        .env(
+            "MCPSM_OAUTH_OPENER",
+            format!("node {}", support_dir().join("oauth_opener.mjs").display()),
+        )
+        .args(["proxy", "--url", url]);
+    Proxy::spawn_command(command)
+}
+
+#[test]
+fn oauth_tokens_never_appear_on_stderr_even_with_trace_logging() {
+    let (fake, state) = oauth_fake(3600);
+    let home = TestHome::new();
+    let mut proxy = oauth_proxy(&home, &fake.url);
+    proxy.initialize();
+    proxy.send(&request(2, "tools/list", json!({})));
+    let (answer, _) = proxy.recv_response(&json!(2));
+    assert!(answer.get("result").is_some(), "{answer}");
+    assert_eq!(state.authorizations.load(Ordering::SeqCst), 1);
+    let stderr = proxy.stderr();
+    assert!(
+        stderr.contains("to authorize"),
+        "the URL is shown: {stderr}"
+    );
+    assert!(
+        !stderr.contains("secret-"),
+        "a token reached stderr:\n{stderr}"
+    );
+    let file = std::fs::read_dir(home.path().join("oauth"))
+        .expect("oauth dir")
+        .filter_map(Result::ok)
+        .find(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .expect("a token file");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = file.metadata().expect("metadata").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "token file mode");
+}
+
+#[test]
+fn ten_concurrent_proxies_share_one_authorization_and_one_refresh() {
+    // 62 s tokens are refreshed once they are within 60 s of expiring: two seconds in.
+    let (fake, state) = oauth_fake(62);
+    let home = TestHome::new();
+    let mut proxies: Vec<Proxy> = (0..10).map(|_| oauth_proxy(&home, &fake.url)).collect();
+    // All ten ask at once: ten 401s, one authorization.
+    for proxy in &mut proxies {
+        proxy.send(&initialize_request(0));
+    }
+    for proxy in &mut proxies {
+        let (answer, _) = proxy.recv_response(&json!(0));
+        assert!(answer.get("result").is_some(), "{answer}");
+        proxy.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    }
+    assert_eq!(
+        state.authorizations.load(Ordering::SeqCst),
+        1,
+        "authorizations"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    for (n, proxy) in proxies.iter_mut().enumerate() {
+        let id = 100 + n as i64;
+        proxy.send(&request(id, "ping", json!({})));
+        let (answer, _) = proxy.recv_response(&json!(id));
+        assert!(answer.get("result").is_some(), "{answer}");
+    }
+    assert_eq!(
+        state.authorizations.load(Ordering::SeqCst),
+        1,
+        "authorizations"
+    );
+    assert_eq!(state.refreshes.load(Ordering::SeqCst), 1, "refreshes");
+}
