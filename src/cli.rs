@@ -72,6 +72,19 @@ Examples:
   mcpsm status --json | jq '.daemons[] | select(.state != \"ready\")'")]
     Status(StatusArgs),
 
+    /// Authorize mcpsm (OAuth) for a `url` daemon with `auth = "oauth"`, in the browser
+    #[command(after_help = "\
+Example:
+  mcpsm login github
+
+Opens the authorization URL in the system browser (or MCPSM_OAUTH_OPENER) and prints it too.
+Tokens are kept in MCPSM_HOME/oauth/ (0600); every session of the daemon uses them.")]
+    Login(NameArgs),
+
+    /// Forget the stored OAuth authorization of a daemon
+    #[command(after_help = "Example:\n  mcpsm logout github")]
+    Logout(NameArgs),
+
     /// Start a daemon (starting the manager if needed) and wait until it is ready
     #[command(after_help = "Example:\n  mcpsm start memory")]
     Start(NameArgs),

@@ -176,6 +176,12 @@ struct RawDaemon {
     session_idle_timeout: Option<Spanned<DurationValue>>,
     session_grace: Option<Spanned<DurationValue>>,
     max_sessions: Option<Spanned<usize>>,
+    /// `"oauth"`: authorize with OAuth 2.1 (url daemons).
+    auth: Option<Spanned<String>>,
+    client_id: Option<Spanned<String>>,
+    client_secret: Option<Spanned<String>>,
+    scopes: Option<Spanned<String>>,
+    callback_port: Option<Spanned<u16>>,
 }
 
 #[derive(Deserialize)]
@@ -233,6 +239,18 @@ pub struct DaemonSpec {
     /// For a stdio daemon the manager runs: the secret its host wants on every request
     /// (see `supervise::secret`); sent as `Authorization: Bearer`.
     pub host_secret: Option<String>,
+    /// `auth = "oauth"`: how to authorize (url daemons).
+    pub oauth: Option<OAuthSpec>,
+}
+
+/// A url daemon's `auth = "oauth"` keys, variables expanded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OAuthSpec {
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub scopes: Option<String>,
+    /// 0 = a free port.
+    pub callback_port: u16,
 }
 
 impl DaemonSpec {
@@ -406,6 +424,49 @@ impl Registry {
             }
             headers.push((key.clone(), expanded));
         }
+        let oauth = match &body.auth {
+            None => {
+                let stray = [
+                    ("client-id", body.client_id.as_ref().map(Spanned::span)),
+                    (
+                        "client-secret",
+                        body.client_secret.as_ref().map(Spanned::span),
+                    ),
+                    ("scopes", body.scopes.as_ref().map(Spanned::span)),
+                    (
+                        "callback-port",
+                        body.callback_port.as_ref().map(Spanned::span),
+                    ),
+                ];
+                if let Some((key, Some(span))) = stray.into_iter().find(|(_, s)| s.is_some()) {
+                    return Err(located(
+                        span,
+                        format!("`{key}` applies only with `auth = \"oauth\"`"),
+                    ));
+                }
+                None
+            }
+            Some(kind) if kind.get_ref() == "oauth" => {
+                if body.url.is_none() {
+                    return Err(located(
+                        kind.span(),
+                        "`auth = \"oauth\"` applies only to daemons with `url`".into(),
+                    ));
+                }
+                Some(OAuthSpec {
+                    client_id: body.client_id.as_ref().map(expand).transpose()?,
+                    client_secret: body.client_secret.as_ref().map(expand).transpose()?,
+                    scopes: body.scopes.as_ref().map(expand).transpose()?,
+                    callback_port: body.callback_port.as_ref().map_or(0, |p| *p.get_ref()),
+                })
+            }
+            Some(kind) => {
+                return Err(located(
+                    kind.span(),
+                    format!("`auth` must be \"oauth\", got `{}`", kind.get_ref()),
+                ))
+            }
+        };
         let (launch, url) = match (&body.command, &body.url) {
             (_, Some(url)) => {
                 let text = expand(url)?;
@@ -473,6 +534,7 @@ impl Registry {
                 line_of(&self.source, daemon.span().start)
             ),
             host_secret: None,
+            oauth,
         })
     }
 }

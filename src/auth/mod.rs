@@ -79,6 +79,48 @@ pub struct Settings {
     pub login_timeout: Duration,
 }
 
+/// The settings of a registry daemon's `auth = "oauth"` keys.
+pub fn settings_of(spec: &crate::config::OAuthSpec) -> Settings {
+    Settings {
+        client_id: spec.client_id.clone(),
+        client_secret: spec.client_secret.clone(),
+        client_metadata_url: None,
+        scopes: spec.scopes.clone(),
+        callback_port: spec.callback_port,
+        opener: None,
+        login_timeout: Duration::from_secs(300),
+    }
+}
+
+/// The store key of a registry daemon's authorization.
+pub fn daemon_key(name: &str) -> String {
+    format!("daemon:{name}")
+}
+
+/// What `mcpsm login`/`logout`/`status` say about a stored authorization (never a token).
+pub fn describe(home: &std::path::Path, key: &str) -> Option<String> {
+    let record = Store::new(home, key).load();
+    let tokens = record.tokens?;
+    let expiry = match tokens.expires_at {
+        Some(at) if at > now() => format!("expires in {}m", (at - now()) / 60),
+        Some(_) if tokens.refresh_token.is_some() => "expired; refreshed on next use".into(),
+        Some(_) => "expired".into(),
+        None => "no expiry given".into(),
+    };
+    let scope = tokens.scope.or(tokens.requested_scope).unwrap_or_default();
+    Some(format!(
+        "logged in to {} ({expiry}{}{})",
+        tokens.issuer,
+        if scope.is_empty() { "" } else { "; scope " },
+        scope
+    ))
+}
+
+/// Forgets a stored authorization; true when there was one.
+pub fn forget(home: &std::path::Path, key: &str) -> Result<bool, AuthError> {
+    Store::new(home, key).remove()
+}
+
 /// The HTTP requests of discovery and the token endpoint.
 pub struct Http {
     client: reqwest::Client,

@@ -7,6 +7,7 @@ mod doctor;
 mod generate_config;
 mod host;
 mod import;
+mod login;
 mod logs;
 mod manager;
 mod proxy;
@@ -87,6 +88,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Stop(args) => control::run("stop", args, settings).await,
                 Command::Restart(args) => control::run("restart", args, settings).await,
                 Command::Logs(args) => logs::run(args, settings).await,
+                Command::Login(args) => login::login(args, settings).await,
+                Command::Logout(args) => login::logout(args, settings),
                 Command::Doctor(args) => doctor::run(args, settings).await,
                 Command::GenerateConfig(args) => generate_config::run(args, settings),
                 Command::Import(args) => import::run(args, settings),

@@ -27,7 +27,7 @@ use url::Url;
 
 use crate::auth;
 use crate::cli::ProxyArgs;
-use crate::config::{Registry, Sharing, TransportKind};
+use crate::config::{OAuthSpec, Registry, Sharing, TransportKind};
 use crate::jsonrpc::{oversize_refusals, Kind, Message, UPSTREAM_ERROR};
 use crate::paths::Paths;
 use crate::supervise::client::{connect_or_start, ClientError, ManagerClient};
@@ -69,9 +69,9 @@ pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<E
 
     let shutdown = CancellationToken::new();
     let backend = match resolve(&args, registry) {
-        Ok((options, gate)) => {
+        Ok((options, gate, oauth)) => {
             let gate = gate.map(Arc::new);
-            let authorizer = oauth_for(&args, &options);
+            let authorizer = oauth_for(&args, &options, oauth);
             let hooks = Hooks {
                 authorizer,
                 ensure: gate.clone().map(|gate| {
@@ -171,9 +171,12 @@ async fn refuse(message: &Message, why: &str, out: &mpsc::Sender<Bytes>) {
 }
 
 /// Turns the arguments (and the registry, for `--target`) into transport options.
-fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<(Options, Option<Gate>)> {
+type Resolved = (Options, Option<Gate>, Option<(String, OAuthSpec)>);
+
+fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<Resolved> {
     let mut headers = HeaderMap::new();
     let mut gate = None;
+    let mut oauth = None;
     let (url, transport, label, unreachable_hint, failure_hint) = match (&args.target, &args.url) {
         (Some(name), _) => {
             let (path, explicit) = match registry {
@@ -194,6 +197,7 @@ fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<(Optio
                 secret::authorize(&mut daemon, &token);
             }
             headers = daemon.header_map();
+            oauth = daemon.oauth.clone().map(|spec| (name.clone(), spec));
             if daemon.sharing == Sharing::PerProject && daemon.launch.is_some() {
                 if let Some(cwd) = std::env::current_dir().ok().and_then(|cwd| {
                     let text: String =
@@ -280,24 +284,36 @@ fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<(Optio
         max_message_bytes: args.max_message_bytes,
         reconnect_timeout: Some(args.reconnect_timeout),
     };
-    Ok((options, gate))
+    Ok((options, gate, oauth))
 }
 
-/// `proxy --url`: OAuth on demand (the first 401 starts it), unless the user gave an
-/// `Authorization` header or `--no-oauth`. Tokens are stored per URL, so every proxy for the
-/// same URL shares one authorization.
-fn oauth_for(args: &ProxyArgs, options: &Options) -> Option<Arc<dyn Authorizer>> {
-    if args.url.is_none() || args.no_oauth || options.headers.contains_key(AUTHORIZATION) {
+/// OAuth on demand (the first 401 starts it): for `proxy --url` unless the user gave an
+/// `Authorization` header or `--no-oauth` (tokens stored per URL), and for registry daemons
+/// with `auth = "oauth"` (tokens stored per daemon, shared with `mcpsm login`). Either way
+/// every proxy for the same server shares one authorization through the store's lock.
+fn oauth_for(
+    args: &ProxyArgs,
+    options: &Options,
+    daemon: Option<(String, OAuthSpec)>,
+) -> Option<Arc<dyn Authorizer>> {
+    if args.no_oauth || options.headers.contains_key(AUTHORIZATION) {
         return None;
     }
-    let settings = auth::Settings {
-        client_id: args.client_id.clone(),
-        client_secret: args.client_secret.clone(),
-        client_metadata_url: args.client_metadata_url.clone(),
-        scopes: args.scopes.clone(),
-        callback_port: args.callback_port,
-        opener: None,
-        login_timeout: Duration::from_secs(300),
+    let (settings, key) = match (daemon, &args.url) {
+        (Some((name, spec)), _) => (auth::settings_of(&spec), auth::daemon_key(&name)),
+        (None, Some(url)) => (
+            auth::Settings {
+                client_id: args.client_id.clone(),
+                client_secret: args.client_secret.clone(),
+                client_metadata_url: args.client_metadata_url.clone(),
+                scopes: args.scopes.clone(),
+                callback_port: args.callback_port,
+                opener: None,
+                login_timeout: Duration::from_secs(300),
+            },
+            url.clone(),
+        ),
+        (None, None) => return None,
     };
     let home = match Paths::from_env() {
         Ok(paths) => paths.home().to_path_buf(),
@@ -306,13 +322,12 @@ fn oauth_for(args: &ProxyArgs, options: &Options) -> Option<Arc<dyn Authorizer>>
             return None;
         }
     };
-    let url = options.url.as_str();
     match auth::OAuth::new(
         options.url.clone(),
         options.label.clone(),
         settings,
         &home,
-        url,
+        &key,
     ) {
         Ok(oauth) => Some(Arc::new(oauth)),
         Err(e) => {

@@ -220,3 +220,41 @@ fn ten_concurrent_proxies_share_one_authorization_and_one_refresh() {
     );
     assert_eq!(state.refreshes.load(Ordering::SeqCst), 1, "refreshes");
 }
+
+#[test]
+fn login_authorizes_a_registry_daemon_that_its_proxies_then_use_and_logout_forgets_it() {
+    let (fake, state) = oauth_fake(3600);
+    let home = TestHome::new();
+    home.write_registry(&format!(
+        "[daemons.remote]\nurl = \"{}\"\ntransport = \"streamable-http\"\nauth = \"oauth\"\nscopes = \"mcp\"\n",
+        fake.url
+    ));
+    let opener = format!("node {}", support_dir().join("oauth_opener.mjs").display());
+    let output = home
+        .mcpsm()
+        .env("MCPSM_OAUTH_OPENER", &opener)
+        .args(["login", "remote"])
+        .output()
+        .expect("mcpsm login");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("logged in to"), "{stdout}");
+    assert!(!stdout.contains("secret-"), "{stdout}");
+    let mut proxy = Proxy::spawn(&home, &["--target", "remote"]);
+    proxy.initialize();
+    assert_eq!(
+        state.authorizations.load(Ordering::SeqCst),
+        1,
+        "authorizations"
+    );
+    let output = home
+        .mcpsm()
+        .args(["logout", "remote"])
+        .output()
+        .expect("mcpsm logout");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("logged out"));
+}
