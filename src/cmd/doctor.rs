@@ -267,6 +267,17 @@ async fn check_daemon(
     findings: &mut Findings,
 ) {
     let subject = format!("daemon {}", spec.name);
+    if spec.oauth.is_some() {
+        let key = crate::auth::daemon_key(&spec.name);
+        match crate::auth::describe(settings.paths.home(), &key) {
+            Some(state) => findings.ok(&subject, state),
+            None => findings.warn(
+                &subject,
+                "not logged in (OAuth): the first session will open a browser to log in",
+                format!("run `mcpsm login {}` now", spec.name),
+            ),
+        }
+    }
     let Some(launch) = &spec.launch else {
         return check_handshake(spec, &subject, "", findings).await;
     };

@@ -132,6 +132,9 @@ fn print_table(daemons: &[DaemonStatus], verbose: bool) {
         if let Some(host) = &daemon.host {
             print_host(host);
         }
+        if let Some(oauth) = &daemon.oauth {
+            println!("  oauth: {oauth}");
+        }
         if let Some(error) = &daemon.last_error {
             for (i, text) in error.lines().enumerate() {
                 let label = if i == 0 { "  last error: " } else { "    " };

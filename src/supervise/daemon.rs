@@ -107,6 +107,9 @@ pub struct DaemonStatus {
     /// sessions (`GET /mcpsm/status` of the host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<serde_json::Value>,
+    /// A `auth = "oauth"` daemon: who it is logged in to and until when (never a token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<String>,
     /// The working directory the process was started in (the last start).
     #[serde(default)]
     pub cwd: Option<String>,
@@ -137,6 +140,10 @@ impl DaemonStatus {
             sessions_recovered: 0,
             last_recovery: None,
             host: None,
+            oauth: spec.oauth.as_ref().map(|_| {
+                crate::auth::describe(paths.home(), &crate::auth::daemon_key(&spec.name))
+                    .unwrap_or_else(|| format!("not logged in; run `mcpsm login {}`", spec.name))
+            }),
             cwd: None,
             env_keys: Vec::new(),
         }

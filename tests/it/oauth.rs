@@ -244,6 +244,12 @@ fn login_authorizes_a_registry_daemon_that_its_proxies_then_use_and_logout_forge
     );
     assert!(stdout.contains("logged in to"), "{stdout}");
     assert!(!stdout.contains("secret-"), "{stdout}");
+    let status = home.mcpsm().arg("status").output().expect("mcpsm status");
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("oauth: logged in to") && !status.contains("secret-"),
+        "status says who the daemon is logged in to, never a token: {status}"
+    );
     let mut proxy = Proxy::spawn(&home, &["--target", "remote"]);
     proxy.initialize();
     assert_eq!(
@@ -257,4 +263,10 @@ fn login_authorizes_a_registry_daemon_that_its_proxies_then_use_and_logout_forge
         .output()
         .expect("mcpsm logout");
     assert!(String::from_utf8_lossy(&output.stdout).contains("logged out"));
+    let status = home.mcpsm().arg("status").output().expect("mcpsm status");
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("oauth: not logged in; run `mcpsm login remote`"),
+        "{status}"
+    );
 }
