@@ -250,6 +250,9 @@ pub struct OAuth {
     current: RwLock<Option<(HeaderValue, Option<u64>)>>,
     /// One authorization or refresh at a time in this process.
     flight: tokio::sync::Mutex<()>,
+    /// After a refresh before expiry failed: no new attempt before then (a 401 still
+    /// triggers one), so an unreachable authorization server does not slow every request.
+    refresh_not_before: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl OAuth {
@@ -270,6 +273,7 @@ impl OAuth {
             store,
             current: RwLock::new(None),
             flight: tokio::sync::Mutex::new(()),
+            refresh_not_before: std::sync::Mutex::new(None),
         };
         let record = oauth.store.load();
         if record.server == oauth.server.as_str() {
@@ -557,13 +561,29 @@ impl OAuth {
     }
 }
 
+/// How long after a failed refresh before expiry the next one is tried.
+const REFRESH_BACKOFF: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Authorizer for OAuth {
     fn authorization(&self) -> AuthFuture<'_, Option<HeaderValue>> {
         Box::pin(async move {
             let (header, expires_at) = self.current()?;
-            if Self::expiring(expires_at) {
-                self.refresh_expiring(header).await;
-                return self.current().map(|c| c.0);
+            let backing_off = self
+                .refresh_not_before
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|at| std::time::Instant::now() < at);
+            if Self::expiring(expires_at) && !backing_off {
+                self.refresh_expiring(header.clone()).await;
+                let now = self.current().map(|c| c.0);
+                if now.as_ref() == Some(&header) {
+                    *self
+                        .refresh_not_before
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) =
+                        Some(std::time::Instant::now() + REFRESH_BACKOFF);
+                }
+                return now;
             }
             Some(header)
         })

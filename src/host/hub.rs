@@ -54,6 +54,10 @@ const HEALTHY_PERIOD: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// Unanswered pings in a row that make a child hung.
 const HEALTH_FAILURES: u32 = 3;
+/// How long a write to a child whose input is full may wait before the child counts as hung.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a parked sessionless request waits for its client's retry.
+const PARKED_TTL: Duration = Duration::from_secs(600);
 /// How long a stopping child may take to exit on end of input before it is killed.
 const STOP_WAIT: Duration = Duration::from_secs(1);
 
@@ -176,8 +180,11 @@ impl Session {
             match tx.try_send(message) {
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Full(message)) => {
-                    spawn_send(tx, message);
-                    return;
+                    // The client reads nothing: end its stream (it reconnects and gets the
+                    // backlog) rather than queue without bound.
+                    debug!(session = %self.id, "GET stream full: closed it; messages kept in the backlog");
+                    *lock(&self.get) = None;
+                    lock(&self.backlog).push_back(message);
                 }
                 Err(mpsc::error::TrySendError::Closed(message)) => {
                     lock(&self.backlog).push_back(message);
@@ -232,6 +239,7 @@ struct Parked {
     server_request: String,
     /// The child's answer to the request, if it came while parked.
     answer: Option<Message>,
+    since: Instant,
 }
 
 struct InFlight {
@@ -410,7 +418,6 @@ impl Hub {
                         health.last_error = Some(why);
                         if health.failures >= HEALTH_FAILURES {
                             health.failures = 0;
-                            health.hung_restarts += 1;
                             true
                         } else {
                             false
@@ -419,8 +426,7 @@ impl Hub {
                 }
             };
             if hung {
-                warn!(daemon = %self.command.name, "the MCP server process left {HEALTH_FAILURES} pings in a row unanswered: it is hung; killing it");
-                self.kill.notify_one();
+                self.hung(&format!("left {HEALTH_FAILURES} pings in a row unanswered"));
             }
         }
     }
@@ -605,15 +611,19 @@ impl Hub {
     }
 
     /// Answers a server request on the child's behalf.
-    async fn answer_child(&self, line: String) {
-        self.write(Bytes::from(line)).await;
+    fn answer_child(&self, line: String) {
+        self.try_write(Bytes::from(line));
     }
 
     /// A request from a session; its answer (and whatever relates to it) goes to `reply`.
     /// How long since the last request; a child with listeners open counts as in use.
     pub fn idle_for(&self) -> Duration {
         let listening = lock(&self.listeners).iter().any(|l| !l.sink.is_closed());
-        if listening || !lock(&self.routes).requests.is_empty() {
+        let busy = lock(&self.routes)
+            .requests
+            .values()
+            .any(|r| !matches!(r.reply, Reply::Parked));
+        if listening || busy {
             return Duration::ZERO;
         }
         lock(&self.last_request).elapsed()
@@ -718,7 +728,9 @@ impl Hub {
     /// A 2026-07-28 `subscriptions/listen` served by the hub for a child that speaks an
     /// older revision: list changes the filter asks for go to `sink` until it closes.
     pub fn listen(&self, sink: Sink, subscription: String, wants: HashSet<String>) {
-        lock(&self.listeners).push(Listener {
+        let mut listeners = lock(&self.listeners);
+        listeners.retain(|l| !l.sink.is_closed());
+        listeners.push(Listener {
             sink,
             subscription,
             wants,
@@ -753,8 +765,11 @@ impl Hub {
                 progress_token: None,
             },
         );
-        self.write(bytes).await;
-        match tokio::time::timeout(limit, rx).await {
+        let answered = tokio::time::timeout(limit, async {
+            self.write(bytes).await;
+            rx.await
+        });
+        match answered.await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(_)) => Err(format!(
                 "the MCP server of daemon \"{}\" exited before answering",
@@ -785,16 +800,37 @@ impl Hub {
         }
     }
 
+    /// Writes a line to the child. A child that reads nothing for [`WRITE_TIMEOUT`] while its
+    /// input is full is hung: it is killed (and restarted) rather than waited for.
     async fn write(&self, line: Bytes) {
         let stdin = lock(&self.stdin).clone();
         match stdin {
-            Some(stdin) => {
-                if stdin.send(line).await.is_err() {
-                    debug!("the child's stdin is gone; its requests are answered when it exits");
+            Some(stdin) => match stdin.send_timeout(line, WRITE_TIMEOUT).await {
+                Ok(()) => {}
+                Err(mpsc::error::SendTimeoutError::Timeout(_)) => self.hung("reads no input"),
+                Err(mpsc::error::SendTimeoutError::Closed(_)) => {
+                    debug!("the child's stdin is gone; its requests are answered when it exits")
                 }
-            }
+            },
             None => debug!("no child running; message dropped"),
         }
+    }
+
+    /// Writes a line without waiting (from the child's own reader, which must never block).
+    fn try_write(&self, line: Bytes) {
+        let stdin = lock(&self.stdin).clone();
+        if let Some(stdin) = stdin {
+            if let Err(mpsc::error::TrySendError::Full(_)) = stdin.try_send(line) {
+                self.hung("reads no input");
+            }
+        }
+    }
+
+    /// Kills the child, which is restarted like one that exited.
+    fn hung(&self, why: &str) {
+        warn!(daemon = %self.command.name, "the MCP server process {why}: it is hung; killing it");
+        lock(&self.health).hung_restarts += 1;
+        self.kill.notify_one();
     }
 
     /// Runs the child, restarting it with backoff whenever it exits, until shutdown.
@@ -896,7 +932,18 @@ impl Hub {
             Some(request) => {
                 let hub = self.clone();
                 tokio::spawn(async move {
-                    match hub.call(request, INITIALIZE_TIMEOUT).await {
+                    let answer = hub
+                        .call(request, INITIALIZE_TIMEOUT)
+                        .await
+                        .and_then(|answer| {
+                            let value: Value =
+                                serde_json::from_slice(answer.bytes()).unwrap_or_default();
+                            match value["result"].get("protocolVersion") {
+                                Some(_) => Ok(answer),
+                                None => Err(format!("it answered {value}")),
+                            }
+                        });
+                    match answer {
                         Ok(_) => {
                             let initialized =
                                 json!({"jsonrpc": "2.0", "method": method::INITIALIZED});
@@ -904,7 +951,7 @@ impl Hub {
                             info!(daemon = %hub.command.name, "MCP server process re-initialized");
                             hub.ready.send_replace(true);
                         }
-                        Err(why) => warn!("re-initializing the MCP server failed: {why}"),
+                        Err(why) => hub.hung(&format!("could not be initialized again ({why})")),
                     }
                 });
             }
@@ -942,6 +989,7 @@ impl Hub {
             let mut routes = lock(&self.routes);
             routes.progress.clear();
             routes.server_requests.clear();
+            routes.parked.clear();
             routes.requests.drain().map(|(_, r)| r).collect()
         };
         let why = format!(
@@ -1057,7 +1105,7 @@ impl Hub {
         };
         let Some(session) = target else {
             debug!(daemon = %self.command.name, %method, "no session can answer this server request; answered as a client without the capability would");
-            return self.answer_child(negotiate::not_supported(&id)).await;
+            return self.answer_child(negotiate::not_supported(&id));
         };
         lock(&self.routes)
             .server_requests
@@ -1170,6 +1218,25 @@ impl Hub {
             return false;
         }
         let mut routes = lock(&self.routes);
+        // A session's request in flight may be the cause: sessions are asked the usual way.
+        let session_busy = routes.requests.values().any(|r| {
+            r.session.as_deref().is_some_and(|s| s != SESSIONLESS)
+                && matches!(r.reply, Reply::Stream(_))
+        });
+        if session_busy {
+            return false;
+        }
+        let now = Instant::now();
+        let expired: Vec<Parked> = {
+            let (old, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut routes.parked)
+                .into_iter()
+                .partition(|(_, p)| now.duration_since(p.since) >= PARKED_TTL);
+            routes.parked = kept;
+            old.into_iter().map(|(_, p)| p).collect()
+        };
+        for parked in &expired {
+            routes.requests.remove(&parked.upstream);
+        }
         let Some(upstream) = routes
             .requests
             .iter()
@@ -1207,11 +1274,24 @@ impl Hub {
                 upstream,
                 server_request: server_request.to_owned(),
                 answer: None,
+                since: now,
             },
         ));
+        let mut given_up = expired;
         if routes.parked.len() > PARKED_LIMIT {
             let (_, oldest) = routes.parked.remove(0);
             routes.requests.remove(&oldest.upstream);
+            given_up.push(oldest);
+        }
+        drop(routes);
+        for parked in given_up {
+            // The client never came back: the server's question gets the answer of a client
+            // that cannot answer it.
+            if parked.answer.is_none() {
+                self.try_write(Bytes::from(negotiate::not_supported(
+                    &parked.server_request,
+                )));
+            }
         }
         true
     }
@@ -1237,9 +1317,17 @@ impl Hub {
             let (_, mut parked) = routes.parked.remove(at);
             let held = parked.answer.take();
             if held.is_none() {
-                if let Some(request) = routes.requests.get_mut(&parked.upstream) {
-                    request.reply = Reply::Stream(reply.clone());
-                    request.original_id = id_json.to_owned();
+                match routes.requests.get_mut(&parked.upstream) {
+                    Some(request) => {
+                        request.reply = Reply::Stream(reply.clone());
+                        request.original_id = id_json.to_owned();
+                    }
+                    None => {
+                        drop(routes);
+                        let why = "the request this input was for is gone (the MCP server process was restarted); send the request again without requestState";
+                        spawn_send(reply.clone(), error_bytes(Some(id_json), why));
+                        return Some(None);
+                    }
                 }
             }
             (parked, held)

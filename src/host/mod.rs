@@ -153,27 +153,31 @@ impl Front {
             _ => None,
         };
         let speaks = {
+            // Sessionless requests wait for the one question; sessions do not.
             let mut decided = self.sessionless.lock().await;
             match *decided {
                 Some(speaks) => speaks,
                 None => {
-                    let _one_at_a_time = self.choosing.lock().await;
-                    let (hub, key, started) =
-                        self.group_hub(cwd.clone(), Compatibility::Sessionless)?;
-                    let speaks = modern::speaks_sessionless(&hub, request).await;
+                    let (hub, key, started) = {
+                        let _one_at_a_time = self.choosing.lock().await;
+                        self.group_hub(cwd.clone(), Compatibility::Sessionless)?
+                    };
+                    let answer = modern::speaks_sessionless(&hub, request).await;
+                    let speaks = answer.unwrap_or(false);
                     if !speaks && started {
                         hub.shutdown();
                         self.groups().remove(&key);
                     }
-                    info!(
-                        "sessionless (2026-07-28) clients: the server {}",
-                        if speaks {
-                            "speaks 2026-07-28 itself"
-                        } else {
-                            "does not speak 2026-07-28; mcpsm bridges"
+                    match answer {
+                        Some(speaks) => {
+                            info!(
+                                "sessionless (2026-07-28) clients: the server {}",
+                                if speaks { "speaks 2026-07-28 itself" } else { "does not speak 2026-07-28; mcpsm bridges" }
+                            );
+                            *decided = Some(speaks);
                         }
-                    );
-                    *decided = Some(speaks);
+                        None => info!("the server did not answer server/discover; bridging this request, asking again next time"),
+                    }
                     speaks
                 }
             }
@@ -390,18 +394,11 @@ fn session_of(front: &Front, headers: &HeaderMap) -> Result<Arc<Attached>, Box<R
     })
 }
 
-fn new_session_id() -> String {
+fn new_session_id() -> Option<String> {
+    use ring::rand::SecureRandom;
     let mut bytes = [0u8; 16];
-    let filled = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .is_ok();
-    if !filled {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        bytes = nanos.to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    ring::rand::SystemRandom::new().fill(&mut bytes).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// An SSE response whose items are whole events already (see [`stream`]); it ends when every
@@ -442,6 +439,13 @@ async fn post_mcp(State(front): State<Arc<Front>>, headers: HeaderMap, body: Byt
         .iter()
         .find(|m| m.is_request() && m.method() == Some(method::INITIALIZE))
     {
+        if messages.len() > 1 {
+            return jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                crate::jsonrpc::INVALID_REQUEST,
+                "Invalid Request: initialize must not be part of a JSON-RPC batch",
+            );
+        }
         return initialize_session(&front, &headers, initialize).await;
     }
     if !headers.contains_key(SESSION_HEADER) && modern::is_sessionless(&headers, &messages) {
@@ -488,13 +492,14 @@ fn client_cwd(headers: &HeaderMap) -> Result<Option<PathBuf>, String> {
         .map(|(key, _)| key.into_owned())
         .unwrap_or_default();
     let path = PathBuf::from(text);
-    if !path.is_absolute() || !path.is_dir() {
-        return Err(format!(
+    // One key per directory however it is spelled (`/p/x/..`, a symlink).
+    match std::fs::canonicalize(&path) {
+        Ok(path) if path.is_absolute() && path.is_dir() => Ok(Some(path)),
+        _ => Err(format!(
             "the client's working directory {} is not a directory",
             path.display()
-        ));
+        )),
     }
-    Ok(Some(path))
 }
 
 /// The child a new session is served by: found, or started.
@@ -598,7 +603,13 @@ async fn initialize_session(
             return json_answer(answer);
         }
     };
-    let id: SessionId = Arc::from(new_session_id());
+    let Some(id) = new_session_id() else {
+        if group.is_none() {
+            hub.shutdown();
+        }
+        return refuse("the system's random number generator failed; try again");
+    };
+    let id: SessionId = Arc::from(id);
     let mut info = SessionInfo::of_initialize(&request);
     info.version = version;
     let session = Session::new(id.clone(), info);

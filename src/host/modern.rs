@@ -29,7 +29,7 @@ use axum::body::Bytes;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::hub::{Hub, SessionId};
 use super::negotiate::{self, Compatibility};
@@ -185,16 +185,19 @@ pub(super) async fn post(
     let session: SessionId = Arc::from(super::hub::SESSIONLESS);
     match route {
         Route::Native(hub) => {
-            let upstream = hub.request(&session, message, tx.clone()).await;
+            let upstream = hub.request(&session, message, tx).await;
+            // Closing the response stream cancels the request (2026-07-28): `gone` is dropped
+            // when the response is over, either way; a request answered already is not
+            // cancelled.
+            let (gone, on_gone) = oneshot::channel::<()>();
             if let Some(upstream) = upstream {
-                // Closing the response stream cancels the request (2026-07-28).
                 let hub = hub.clone();
                 tokio::spawn(async move {
-                    tx.closed().await;
+                    let _ = on_gone.await;
                     hub.cancel(upstream).await;
                 });
             }
-            respond(rx, false).await
+            respond(rx, false, gone).await
         }
         Route::Bridged(hub) => {
             let version = value["params"]["_meta"][META_VERSION].as_str();
@@ -211,7 +214,8 @@ pub(super) async fn post(
                 "subscriptions/listen" => listen(&hub, &value, tx, rx),
                 _ => {
                     hub.request(&session, message, tx).await;
-                    respond(rx, true).await
+                    let (gone, _) = oneshot::channel::<()>();
+                    respond(rx, true, gone).await
                 }
             }
         }
@@ -220,7 +224,11 @@ pub(super) async fn post(
 
 /// The response: plain JSON when the result comes first (with the status its error code
 /// has over HTTP), else SSE carrying what came before it, then the rest.
-async fn respond(mut rx: mpsc::Receiver<Bytes>, add_result_type: bool) -> Response {
+async fn respond(
+    mut rx: mpsc::Receiver<Bytes>,
+    add_result_type: bool,
+    gone: oneshot::Sender<()>,
+) -> Response {
     let Some(first) = rx.recv().await else {
         return StatusCode::ACCEPTED.into_response();
     };
@@ -244,10 +252,17 @@ async fn respond(mut rx: mpsc::Receiver<Bytes>, add_result_type: bool) -> Respon
     }
     let (out, body) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
+        let _gone = gone;
         if out.send(first).await.is_err() {
             return;
         }
-        while let Some(message) = rx.recv().await {
+        loop {
+            // Both branches are cancel-safe: a message not received stays in `rx`.
+            let message = tokio::select! {
+                message = rx.recv() => message,
+                () = out.closed() => return,
+            };
+            let Some(message) = message else { return };
             let message = if add_result_type {
                 let mut value: Value = serde_json::from_slice(&message).unwrap_or_default();
                 if value.get("method").is_none() {
@@ -348,20 +363,17 @@ pub fn initialize_for(request: &Value) -> Value {
     negotiate::child_initialize(&session, &Compatibility::Bridged)
 }
 
-/// `server/discover` for a child that may speak 2026-07-28: whether it does.
-pub async fn speaks_sessionless(hub: &Hub, request: &Value) -> bool {
+/// `server/discover` for a child that may speak 2026-07-28: whether it does, or `None` when
+/// it gave no answer (asked again next time).
+pub async fn speaks_sessionless(hub: &Hub, request: &Value) -> Option<bool> {
     let meta = request["params"]["_meta"].clone();
     let discover = json!({"jsonrpc": "2.0", "id": "mcpsm-discover", "method": "server/discover", "params": {"_meta": meta}});
-    let Ok(message) = Message::parse(Bytes::from(discover.to_string())) else {
-        return false;
-    };
-    match hub.ask(message, DISCOVER_TIMEOUT).await {
-        Ok(answer) => {
-            let value: Value = serde_json::from_slice(answer.bytes()).unwrap_or_default();
-            value["result"]["supportedVersions"]
-                .as_array()
-                .is_some_and(|v| v.iter().any(|v| v == VERSION))
-        }
-        Err(_) => false,
-    }
+    let message = Message::parse(Bytes::from(discover.to_string())).ok()?;
+    let answer = hub.ask(message, DISCOVER_TIMEOUT).await.ok()?;
+    let value: Value = serde_json::from_slice(answer.bytes()).unwrap_or_default();
+    Some(
+        value["result"]["supportedVersions"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|v| v == VERSION)),
+    )
 }

@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+/// Events queued for a connection before it counts as not reading.
+const LIVE_BUFFER: usize = 256;
 /// Events kept per stream for a resumption.
 const KEPT_EVENTS: usize = 256;
 /// Finished streams kept per session for a late resumption.
@@ -69,7 +71,7 @@ impl Streams {
         prime: bool,
     ) -> mpsc::Receiver<Bytes> {
         let number = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let (live, body) = mpsc::channel::<Bytes>(64);
+        let (live, body) = mpsc::channel::<Bytes>(LIVE_BUFFER);
         if prime {
             let _ = live.try_send(priming(&format!("{number}-0")));
         }
@@ -94,8 +96,10 @@ impl Streams {
                     stream.live.clone()
                 };
                 if let Some(live) = live {
-                    if live.send(bytes).await.is_err() {
-                        // Gone, unless a resumption has put another connection there.
+                    if live.try_send(bytes).is_err() {
+                        // Gone, or reading nothing (its buffer is full): the client resumes
+                        // from the kept events. Unless a resumption has put another
+                        // connection there meanwhile.
                         let mut stream = lock(&stream);
                         if stream.live.as_ref().is_some_and(|l| l.same_channel(&live)) {
                             stream.live = None;
@@ -136,7 +140,7 @@ impl Streams {
             .filter(|(s, _)| *s > seq)
             .map(|(_, e)| e.clone())
             .collect();
-        let (live, body) = mpsc::channel::<Bytes>(missed.len() + 64);
+        let (live, body) = mpsc::channel::<Bytes>(missed.len() + LIVE_BUFFER);
         for event in missed {
             let _ = live.try_send(event);
         }

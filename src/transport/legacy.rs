@@ -134,6 +134,14 @@ impl Session {
         let endpoint = self.sse_url.join(text.trim()).map_err(|e| {
             Failure::Protocol(format!("the `endpoint` event `{text}` is not a URL ({e})"))
         })?;
+        if endpoint.origin() != self.sse_url.origin() {
+            // Its POSTs would carry the daemon's headers and tokens to another server.
+            return Err(Failure::Protocol(format!(
+                "the `endpoint` event names another origin ({}) than the SSE stream ({}); refused",
+                endpoint.origin().ascii_serialization(),
+                self.sse_url.origin().ascii_serialization()
+            )));
+        }
         debug!(%endpoint, "legacy SSE session open");
         let closed = CancellationToken::new();
         let session = self.clone();
