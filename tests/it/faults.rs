@@ -514,3 +514,47 @@ fn pipelined_calls_under_a_low_file_limit_complete_without_recovery() {
         "no re-initialize"
     );
 }
+
+#[test]
+fn a_legacy_endpoint_on_another_origin_is_refused_and_gets_no_headers() {
+    // The SSE stream names a POST endpoint on another server: the daemon's headers (and OAuth
+    // tokens) must not follow it there.
+    let elsewhere = Fake::start(Router::new().fallback(|| async { accepted() }));
+    let target = format!("{}/message?sessionId=abc", elsewhere.url);
+    let legacy = Fake::start(Router::new().route(
+        "/sse",
+        axum::routing::get(move || {
+            let target = target.clone();
+            async move {
+                sse_response(vec![
+                    Chunk::Text(format!("event: endpoint\ndata: {target}\n\n")),
+                    Chunk::Pause(Duration::from_secs(30)),
+                ])
+            }
+        }),
+    ));
+    let home = TestHome::new();
+    let url = format!("{}/sse", legacy.url.trim_end_matches("/mcp"));
+    let mut proxy = Proxy::spawn(
+        &home,
+        &[
+            "--url",
+            &url,
+            "--transport",
+            "sse",
+            "-H",
+            "Authorization: Bearer keep-me-home",
+        ],
+    );
+    proxy.send(&crate::support::initialize_request(1));
+    let (answer, _) = proxy.recv_response(&json!(1));
+    let message = error_of(&answer)["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("another origin"), "{answer}");
+    assert!(
+        elsewhere.requests().is_empty(),
+        "nothing was sent to the other origin"
+    );
+}

@@ -957,3 +957,25 @@ fn an_old_stdio_server_serves_sessionless_clients_through_the_bridge() {
     assert_eq!(status, 200, "{done}");
     assert!(done.to_string().contains("canned answer"), "{done}");
 }
+
+#[test]
+fn initialize_in_a_batch_is_refused() {
+    let home = TestHome::new();
+    let command = counter_server();
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let host = stdio_host(&home, "shared", &command, &[]);
+    let batch = json!([crate::support::initialize_request(1), {"jsonrpc": "2.0", "id": 2, "method": "ping"}]);
+    let answer = crate::support::managed::try_http(
+        host.port,
+        "POST",
+        "/mcp",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+        ],
+        &batch.to_string(),
+    )
+    .expect("the host answers");
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert_eq!(answer.json()["error"]["code"], -32600, "{answer:?}");
+}
