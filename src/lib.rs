@@ -27,6 +27,7 @@
 //! - [`config`]: the TOML daemon registry, its defaults and validation.
 //! - [`jsonrpc`]: the message envelope: exact bytes plus id and method.
 //! - [`paths`]: where mcpsm keeps its files.
+//! - [`platform`]: the one seam for what differs between Linux, macOS and Windows.
 //! - [`serve`]: how every mcpsm HTTP server accepts connections (TCP_NODELAY, timeouts).
 
 pub mod auth;
@@ -39,6 +40,7 @@ pub mod guard;
 pub mod host;
 pub mod jsonrpc;
 pub mod paths;
+pub mod platform;
 pub mod serve;
 pub mod supervise;
 pub mod transport;

@@ -73,7 +73,7 @@ fn quiet_on_closed_stdout() {
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or("");
         if message.starts_with("failed printing to stdout")
-            && message.contains(&std::io::Error::from_raw_os_error(libc::EPIPE).to_string())
+            && mcpsm::platform::is_broken_pipe_message(message)
         {
             std::process::exit(0);
         }

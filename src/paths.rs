@@ -94,21 +94,16 @@ impl Paths {
 
 /// Creates `dir` (and missing parents) with mode 0700; the mode is set explicitly on `dir`
 /// itself, so neither a lax nor a strict umask changes it. An existing `dir` is left alone.
+/// (Windows: created with the ACL its parent passes on; see [`crate::platform`].)
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    crate::platform::fs::create_private_dir(dir)
 }
 
 /// `$HOME`, if set and not empty.
+/// On Windows, where `HOME` is usually unset, `%USERPROFILE%`.
 pub fn user_home() -> Option<PathBuf> {
     std::env::var_os("HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
+        .or_else(crate::platform::user_profile)
 }

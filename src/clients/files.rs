@@ -11,7 +11,6 @@
 //! one byte for byte, keeps the replaced text as `FILE.mcpsm-undone-YYYYMMDDTHHMMSS`, and
 //! removes the backup it used, so a second undo goes one change further back.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -173,10 +172,13 @@ fn prepare(target: &Path, bytes: &[u8]) -> std::io::Result<tempfile::NamedTempFi
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.mcpsm-"))
-        .permissions(std::fs::Permissions::from_mode(0o666)) // less the umask, for new files
-        .tempfile_in(dir)?;
+    let prefix = format!(".{name}.mcpsm-");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix);
+    if let Some(permissions) = crate::platform::fs::umask_default_permissions() {
+        builder.permissions(permissions); // less the umask, for new files
+    }
+    let mut temp = builder.tempfile_in(dir)?;
     std::io::Write::write_all(&mut temp, bytes)?;
     if let Ok(metadata) = std::fs::metadata(target) {
         temp.as_file().set_permissions(metadata.permissions())?;
@@ -375,7 +377,9 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)] // Unix modes
     fn apply_keeps_a_backup_and_the_file_mode() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("config.json");
         std::fs::write(&file, "old\n").expect("write");

@@ -7,7 +7,6 @@
 //! daemon is restarted while the session goes on. Then it cleans up.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -16,10 +15,14 @@ use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 
 use crate::paths::{Paths, HOME_ENV};
+use crate::platform;
 use crate::supervise::client::{connect_or_start, ManagerClient};
 use crate::supervise::process;
 
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// What a client sends to interrupt its servers, and what kills a process at once.
+const INTERRUPT: &str = platform::INTERRUPT_NAME;
+const KILL: &str = platform::KILL_NAME;
 
 pub async fn run() -> anyhow::Result<ExitCode> {
     let home = tempfile::Builder::new()
@@ -40,7 +43,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     let _ = client.action("shutdown").await;
     match result {
         Ok(()) => {
-            println!("\n✓ demo complete: one daemon served both sessions, survived SIGINT and came back after kill -9.");
+            println!("\n✓ demo complete: one daemon served both sessions, survived {INTERRUPT} and came back after {KILL}.");
             println!(
                 "  Cleaned up: proxies closed, manager and daemon stopped, {} removed.",
                 home.path().display()
@@ -97,21 +100,20 @@ async fn steps(paths: &Paths, manager_port: u16) -> anyhow::Result<()> {
     }
 
     println!(
-        "\n4. Send SIGINT to session A's whole process group (what clients do to their servers)"
+        "\n4. Send {INTERRUPT} to session A's whole process group (what clients do to their servers)"
     );
-    // SAFETY: killpg(2) on the group of a process this demo started.
-    unsafe { libc::killpg(a.pid() as i32, libc::SIGINT) };
+    platform::interrupt_group(a.pid())
+        .with_context(|| format!("sending {INTERRUPT} to session A's process group"))?;
     std::thread::sleep(Duration::from_millis(200));
     if !process::is_alive(daemon_pid) {
-        bail!("the daemon died from a SIGINT sent to a proxy's process group");
+        bail!("the daemon died from a {INTERRUPT} sent to a proxy's process group");
     }
     let b_value = b.counter()?;
     let a_value = a.counter()?;
-    println!("   ✓ daemon pid {daemon_pid} still running; B's counter → {b_value}; A's proxy ignored SIGINT too (counter → {a_value})");
+    println!("   ✓ daemon pid {daemon_pid} still running; B's counter → {b_value}; A's proxy ignored {INTERRUPT} too (counter → {a_value})");
 
-    println!("\n5. Kill the daemon with SIGKILL");
-    // SAFETY: kill(2) on the daemon this demo's manager started.
-    unsafe { libc::kill(daemon_pid as i32, libc::SIGKILL) };
+    println!("\n5. Kill the daemon with {KILL}");
+    platform::kill(daemon_pid).context("killing the daemon")?;
     let restarted = wait_for_new_pid(&client, daemon_pid).await?;
     println!("   ✓ the manager restarted it: new pid {restarted}");
     let after = b.counter()?;
@@ -160,14 +162,14 @@ struct Session {
 impl Session {
     fn spawn(name: &'static str) -> anyhow::Result<Session> {
         let exe = std::env::current_exe().context("finding the mcpsm binary")?;
-        let mut child = std::process::Command::new(exe)
+        let mut command = std::process::Command::new(exe);
+        command
             .args(["proxy", "--target", "demo"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .context("starting a proxy")?;
+            .stderr(Stdio::null());
+        platform::new_process_group(&mut command);
+        let mut child = command.spawn().context("starting a proxy")?;
         let stdout = child.stdout.take().context("the proxy's stdout")?;
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {

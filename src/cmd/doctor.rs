@@ -7,7 +7,6 @@
 //! directly) and recent errors in daemon logs. `--fix` repairs what is safe to repair:
 //! leftover state and the token's permissions.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -198,8 +197,10 @@ async fn check_manager(
     findings: &mut Findings,
 ) -> Option<StatusReport> {
     let token = settings.paths.manager_token();
-    if let Ok(meta) = std::fs::metadata(&token) {
-        let mode = meta.permissions().mode() & 0o777;
+    if let Some(mode) = std::fs::metadata(&token)
+        .ok()
+        .and_then(|meta| crate::platform::fs::mode(&meta))
+    {
         if mode & 0o077 != 0 {
             findings.fixable(
                 Level::Fail,
@@ -326,7 +327,7 @@ async fn check_daemon(
     let owner = process::port_owner(launch.port).map(|(pid, _)| pid);
     let ours = match (own_pid, owner) {
         (Some(daemon), Some(owner)) => {
-            owner == daemon || process::group_members(daemon as libc::pid_t).contains(&owner)
+            owner == daemon || process::tree_members(daemon).contains(&owner)
         }
         _ => false,
     };
@@ -569,10 +570,8 @@ fn apply_fixes(findings: &mut Findings) {
             continue;
         };
         let result = match &fix {
-            Fix::MakePrivate(path) => {
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                    .map(|()| format!("{} is now mode 600", path.display()))
-            }
+            Fix::MakePrivate(path) => crate::platform::fs::restrict_to_owner(path)
+                .map(|()| format!("{} is now mode 600", path.display())),
             Fix::ForgetDaemons(names) => forget_daemons(names),
         };
         match result {

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::platform::{Signal, Signals};
 use anyhow::Context as _;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -23,7 +24,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -80,8 +80,9 @@ async fn detach(settings: &Settings, port: u16) -> anyhow::Result<ExitCode> {
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    process::detach(&mut command);
-    let mut child = command.spawn().context("starting the manager")?;
+    crate::platform::detach(&mut command);
+    let mut child =
+        crate::platform::spawn_detached_std(&mut command).context("starting the manager")?;
     let deadline = Instant::now() + DETACH_TIMEOUT;
     loop {
         if let Ok(info) = client.ping().await {
@@ -226,21 +227,22 @@ async fn serve(settings: Settings, port: u16) -> anyhow::Result<ExitCode> {
         pid = std::process::id(),
         "mcpsm manager listening on 127.0.0.1:{port}"
     );
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    // Windows: console close, shutdown and logoff are Terminate; CTRL_C/CTRL_BREAK Interrupt.
+    let mut signals = Signals::new(&[Signal::Terminate, Signal::Interrupt, Signal::Hangup])
+        .context("installing the SIGTERM, SIGINT and SIGHUP handlers")?;
     let stopping = exit.clone();
-    let signals = async move {
+    let stop = async move {
         loop {
             tokio::select! {
-                _ = sigterm.recv() => break,
-                _ = sigint.recv() => break,
-                _ = sighup.recv() => info!("SIGHUP ignored"),
+                signal = signals.recv() => match signal {
+                    Signal::Hangup => info!("SIGHUP ignored"),
+                    Signal::Terminate | Signal::Interrupt => break,
+                },
                 () = stopping.cancelled() => break,
             }
         }
     };
-    crate::serve::serve(listener, router(app.clone()), signals)
+    crate::serve::serve(listener, router(app.clone()), stop)
         .await
         .context("serving the manager API")?;
     // After /shutdown the daemons are stopped already; after a signal they keep running.

@@ -98,16 +98,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT: how a server process run in the foreground is asked to end.
+/// Resolves on SIGTERM or SIGINT (Windows: console close, shutdown, logoff, CTRL_C or
+/// CTRL_BREAK): how a server process run in the foreground is asked to end.
 fn terminated() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use crate::platform::{Signal, Signals};
     use anyhow::Context as _;
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut signals = Signals::new(&[Signal::Terminate, Signal::Interrupt])
+        .context("installing the SIGTERM and SIGINT handlers")?;
     Ok(async move {
-        tokio::select! {
-            _ = sigterm.recv() => {}
-            _ = sigint.recv() => {}
-        }
+        signals.recv().await;
     })
 }

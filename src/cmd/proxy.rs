@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
@@ -30,6 +29,7 @@ use crate::cli::ProxyArgs;
 use crate::config::{OAuthSpec, Registry, Sharing, TransportKind};
 use crate::jsonrpc::{oversize_refusals, Kind, Message, UPSTREAM_ERROR};
 use crate::paths::Paths;
+use crate::platform::{self, Signal, Signals};
 use crate::supervise::client::{connect_or_start, ClientError, ManagerClient};
 use crate::supervise::secret;
 use crate::transport::stdio::{Line, LineReader};
@@ -56,10 +56,14 @@ enum Backend {
 }
 
 pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    ignore_sigint();
-    exit_with_parent();
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    // Clients send SIGINT (Windows: CTRL_C/CTRL_BREAK) to their servers for many reasons;
+    // the proxy outlives all of them.
+    platform::ignore_interrupt();
+    // If the client dies without closing stdin: SIGTERM from the kernel (Linux), from a
+    // watching thread (macOS), or `parent_exited` below (Windows).
+    platform::exit_with_parent();
+    let mut signals = Signals::new(&[Signal::Terminate, Signal::Hangup])
+        .context("installing the SIGTERM and SIGHUP handlers")?;
 
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(1024);
     let writer = spawn_stdout_writer(out_rx);
@@ -114,8 +118,8 @@ pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<E
         // Whatever the relay is waiting on (a slow `initialize`, a manager starting), stdin
         // EOF ends the session within the grace period.
         () = after_eof(&stdin_closed) => debug!("stdin closed {EOF_GRACE:?} ago; exiting"),
-        _ = sigterm.recv() => debug!("SIGTERM"),
-        _ = sighup.recv() => debug!("SIGHUP"),
+        signal = signals.recv() => debug!(?signal, "signal"),
+        () = platform::parent_exited() => debug!("the client exited"),
     }
     if let Backend::Upstream(upstream, _) = &backend {
         upstream.close(DELETE_LIMIT).await;
@@ -480,22 +484,5 @@ fn spawn_stdout_writer(mut rx: mpsc::Receiver<Bytes>) -> std::thread::JoinHandle
             error!("cannot start the stdout thread: {e}");
             std::process::exit(1);
         }
-    }
-}
-
-/// Clients send SIGINT to their servers for many reasons; the proxy outlives all of them.
-fn ignore_sigint() {
-    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-    }
-}
-
-/// If the client dies without closing stdin, the kernel sends SIGTERM (Linux).
-fn exit_with_parent() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a process attribute.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
     }
 }

@@ -1198,11 +1198,8 @@ impl Hub {
 /// real process as a grandchild, which would otherwise be left running, or stopped).
 fn kill_tree(pid: Option<u32>) {
     let Some(pid) = pid else { return };
-    for member in crate::supervise::process::process_tree(pid) {
-        if let Ok(target) = i32::try_from(member) {
-            // SAFETY: kill(2) on a process of the tree this hub started.
-            unsafe { libc::kill(target, libc::SIGKILL) };
-        }
+    for member in crate::platform::process_tree(pid) {
+        let _ = crate::platform::kill(member);
     }
 }
 

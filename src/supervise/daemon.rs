@@ -321,7 +321,7 @@ impl DaemonHandle {
 
 enum Process {
     Child(tokio::process::Child),
-    /// Not our child: watched through /proc.
+    /// Not our child: watched through the process table.
     Adopted,
 }
 
@@ -400,7 +400,7 @@ impl Actor {
                     Err(e) => format!("could not be waited for ({e})"),
                 },
                 Some(_) => {
-                    // An adopted daemon is not our child: poll /proc.
+                    // An adopted daemon is not our child: poll the process table.
                     let (pid, start_time) = adopted_pid.unwrap_or_default();
                     loop {
                         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -600,6 +600,7 @@ impl Actor {
                 daemon = %self.spec.name,
                 "did not stop within {grace:?} of SIGTERM; killed"
             ),
+            Stopped::Terminated => info!(daemon = %self.spec.name, "stopped (job terminated)"),
             Stopped::Stuck => warn!(
                 daemon = %self.spec.name,
                 "processes of its group survived SIGKILL"
@@ -613,6 +614,9 @@ impl Actor {
 
     async fn on_exit(&mut self, how: String) {
         let pid = self.running.as_ref().map_or(0, |r| r.pid);
+        if pid != 0 {
+            crate::platform::reap_leftovers(pid);
+        }
         let error = format!(
             "daemon \"{}\" (pid {pid}) {how}; {}",
             self.spec.name,
@@ -787,12 +791,7 @@ pub fn backoff(failures: u32) -> Duration {
 }
 
 fn describe_exit(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(signal)) => format!("was killed by signal {signal}"),
-        _ => "exited".to_owned(),
-    }
+    crate::platform::describe_exit(status)
 }
 
 #[cfg(test)]

@@ -78,7 +78,26 @@ const END: &str = "__MCPSM_ENV_END__";
 
 /// Whether a daemon gets variable `name` from the base environment.
 pub fn is_base(name: &str) -> bool {
-    BASE_VARIABLES.contains(&name) || BASE_PREFIXES.iter().any(|p| name.starts_with(p))
+    if crate::platform::ENV_CASE_INSENSITIVE {
+        let upper = name.to_ascii_uppercase();
+        return BASE_VARIABLES
+            .iter()
+            .chain(crate::platform::EXTRA_BASE_VARIABLES)
+            .any(|v| *v == upper)
+            || BASE_PREFIXES.iter().any(|p| upper.starts_with(p));
+    }
+    BASE_VARIABLES.contains(&name)
+        || crate::platform::EXTRA_BASE_VARIABLES.contains(&name)
+        || BASE_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Whether two variable names are the same name (without case on Windows).
+fn same_name(a: &str, b: &str) -> bool {
+    if crate::platform::ENV_CASE_INSENSITIVE {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        a == b
+    }
 }
 
 /// The base variables with their values.
@@ -91,6 +110,10 @@ impl BaseEnvironment {
     /// Asks the user's login shell, and falls back to this process's values for what it does
     /// not give.
     pub async fn capture() -> BaseEnvironment {
+        if !crate::platform::LOGIN_SHELL_ENVIRONMENT {
+            // Windows: no login shell; the user's environment is the manager's own.
+            return BaseEnvironment::combine(Vec::new(), own_variables());
+        }
         let shell = login_shell();
         let login = match login_environment(&shell, CAPTURE_TIMEOUT).await {
             Ok(vars) => {
@@ -124,7 +147,15 @@ impl BaseEnvironment {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.vars.get(name).map(String::as_str)
+        match self.vars.get(name) {
+            Some(value) => Some(value.as_str()),
+            None if crate::platform::ENV_CASE_INSENSITIVE => self
+                .vars
+                .iter()
+                .find(|(k, _)| same_name(k, name))
+                .map(|(_, v)| v.as_str()),
+            None => None,
+        }
     }
 
     pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -135,6 +166,8 @@ impl BaseEnvironment {
     pub fn home(&self) -> PathBuf {
         self.get("HOME")
             .filter(|h| !h.is_empty())
+            // Windows: HOME is often unset; the profile directory is the home.
+            .or_else(|| self.get("USERPROFILE").filter(|h| !h.is_empty()))
             .map_or_else(|| PathBuf::from("/"), PathBuf::from)
     }
 
@@ -167,7 +200,7 @@ impl BaseEnvironment {
 pub fn lookup<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
     env.iter()
         .rev()
-        .find(|(k, _)| k == name)
+        .find(|(k, _)| same_name(k, name))
         .map(|(_, v)| v.as_str())
 }
 
@@ -202,35 +235,7 @@ fn login_shell() -> PathBuf {
 }
 
 fn password_entry_shell() -> Option<PathBuf> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut entry = std::mem::MaybeUninit::<libc::passwd>::uninit();
-    let mut buffer = vec![0u8; 4096];
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwuid_r writes into `entry` and `buffer`, both live and sized as passed; the
-    // strings it points to live in `buffer`, which outlives their use below.
-    let code = unsafe {
-        libc::getpwuid_r(
-            libc::getuid(),
-            entry.as_mut_ptr(),
-            buffer.as_mut_ptr().cast(),
-            buffer.len(),
-            &mut found,
-        )
-    };
-    if code != 0 || found.is_null() {
-        return None;
-    }
-    // SAFETY: getpwuid_r succeeded, so `entry` is initialized and pw_shell is null or a
-    // NUL-terminated string inside `buffer`.
-    let shell = unsafe {
-        let entry = entry.assume_init();
-        if entry.pw_shell.is_null() {
-            return None;
-        }
-        std::ffi::CStr::from_ptr(entry.pw_shell)
-    };
-    let shell = PathBuf::from(OsStr::from_bytes(shell.to_bytes()));
-    (shell.is_absolute() && shell.is_file()).then_some(shell)
+    crate::platform::account_shell()
 }
 
 /// Runs `shell -l -i -c` with a login-like environment and returns every variable it prints.
@@ -257,7 +262,7 @@ async fn login_environment(shell: &Path, limit: Duration) -> Result<Vec<(String,
     if let Some(home) = std::env::var_os("HOME").filter(|h| Path::new(h).is_dir()) {
         command.current_dir(home);
     }
-    super::process::detach(command.as_std_mut());
+    crate::platform::detach(command.as_std_mut());
     let mut child = command
         .spawn()
         .map_err(|e| format!("cannot start it: {e}"))?;
@@ -279,9 +284,8 @@ async fn login_environment(shell: &Path, limit: Duration) -> Result<Vec<(String,
         }
     };
     let finished = tokio::time::timeout(limit, read).await;
-    if let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
-        // SAFETY: killpg on the session/group the shell leads; a gone group gives ESRCH.
-        unsafe { libc::killpg(pid, libc::SIGKILL) };
+    if let Some(pid) = pid {
+        crate::platform::kill_group(pid);
     }
     let _ = child.wait().await;
     match finished {

@@ -15,17 +15,19 @@
 //!   the manager sees the daemon's own exit, and the log already holds its last words.
 //! - **It dies with COMMAND and COMMAND with it.** COMMAND gets SIGKILL if this process dies
 //!   (`PR_SET_PDEATHSIG`), so a `kill -9` of the pid in `mcpsm status` ends the daemon, which
-//!   the manager then restarts.
+//!   the manager then restarts. (macOS has no such signal: the manager kills what is left of
+//!   the group when this process exits. Windows: this process puts itself in a kill-on-close
+//!   Job Object that COMMAND inherits, and a stop terminates that job; see
+//!   [`crate::platform`].)
 
 use std::ffi::OsString;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use super::logs::{RotatingLog, MAX_LOG_BYTES, ROTATED_LOGS};
+use crate::platform::{self, log_writer as platform_writer};
 
 /// How long to keep copying after COMMAND exited, for output still in the pipe.
 const DRAIN: Duration = Duration::from_millis(500);
@@ -33,8 +35,8 @@ const DRAIN: Duration = Duration::from_millis(500);
 /// Runs `command` with its output rotated into `file` (already open on stdout); returns
 /// only when it failed to start: otherwise this process exits as `command` did.
 pub fn run(file: &Path, command: &[OsString]) -> ExitCode {
-    let log = match io::stdout().as_fd().try_clone_to_owned() {
-        Ok(fd) => std::fs::File::from(fd),
+    let log = match platform_writer::stdout_file() {
+        Ok(file) => file,
         Err(e) => {
             eprintln!("mcpsm log-writer: stdout is not usable ({e})");
             return ExitCode::from(125);
@@ -47,11 +49,10 @@ pub fn run(file: &Path, command: &[OsString]) -> ExitCode {
     };
     // The group gets SIGTERM when the daemon is stopped: this process outlasts the daemon to
     // copy its last output, and exits when it has.
-    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        // SAFETY: setting a signal disposition to SIG_IGN.
-        unsafe { libc::signal(signal, libc::SIG_IGN) };
+    if let Err(e) = platform_writer::outlast_stop_signals() {
+        log.write(format!("mcpsm log-writer: cannot set up the process tree: {e}\n").as_bytes());
     }
-    let (reader, writer) = match pipe() {
+    let (reader, writer) = match platform_writer::pipe() {
         Ok(ends) => ends,
         Err(e) => {
             log.write(format!("mcpsm log-writer: cannot create a pipe: {e}\n").as_bytes());
@@ -65,30 +66,12 @@ pub fn run(file: &Path, command: &[OsString]) -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    // SAFETY: getpid is async-signal-safe; it is read here, before the fork.
-    let parent = unsafe { libc::getpid() };
     let mut child = std::process::Command::new(program);
     child
         .args(args)
         .stdout(Stdio::from(writer))
         .stderr(Stdio::from(stderr));
-    // SAFETY: only async-signal-safe calls (signal, prctl, getppid, raise) between fork and
-    // exec.
-    unsafe {
-        child.pre_exec(move || {
-            for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGPIPE] {
-                libc::signal(signal, libc::SIG_DFL);
-            }
-            #[cfg(target_os = "linux")]
-            {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if libc::getppid() != parent {
-                    libc::raise(libc::SIGKILL);
-                }
-            }
-            Ok(())
-        });
-    }
+    platform_writer::prepare_child(&mut child);
     let spawned = child.spawn();
     // Our copies of the pipe's write end go with the Command, so EOF means COMMAND (and
     // whatever inherited its output) is done.
@@ -108,7 +91,7 @@ pub fn run(file: &Path, command: &[OsString]) -> ExitCode {
     };
     let (done_tx, done) = std::sync::mpsc::channel::<()>();
     let copier = std::thread::spawn(move || {
-        let mut reader = std::fs::File::from(reader);
+        let mut reader = reader;
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
             match reader.read(&mut buffer) {
@@ -130,33 +113,5 @@ pub fn run(file: &Path, command: &[OsString]) -> ExitCode {
     if done.recv_timeout(DRAIN).is_ok() {
         let _ = copier.join();
     }
-    exit_like(status)
-}
-
-/// A pipe whose both ends close on exec (the child gets dups on its stdout and stderr).
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two new descriptors, which we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Ends this process the way the child ended: by the same signal, or with the same code.
-fn exit_like(status: Option<std::process::ExitStatus>) -> ExitCode {
-    let Some(status) = status else {
-        return ExitCode::from(125);
-    };
-    if let Some(signal) = status.signal() {
-        // SAFETY: restoring the default disposition and raising the signal on ourselves.
-        unsafe {
-            libc::signal(signal, libc::SIG_DFL);
-            libc::raise(signal);
-        }
-        return ExitCode::from(128u8.saturating_add(u8::try_from(signal).unwrap_or(0)));
-    }
-    let code = status.code().unwrap_or(125);
-    ExitCode::from(u8::try_from(code).unwrap_or(125))
+    platform::exit_like(status)
 }

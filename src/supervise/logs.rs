@@ -9,9 +9,9 @@
 //! Log files are opened without following symbolic links (a link is refused with an error that
 //! names it) and are made mode 0600 whatever the umask: they may hold secrets.
 
+use crate::platform::fs as platform_fs;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// A log file is rotated once it reaches this size.
@@ -33,17 +33,15 @@ pub enum LogError {
 
 /// Opens `path` for appending, creating it 0600; refuses a symbolic link or a non-file.
 pub fn open_log(path: &Path) -> Result<File, LogError> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|cause| opening_failed(path, cause))?;
+    let file = platform_fs::no_follow(platform_fs::owner_only(
+        std::fs::OpenOptions::new().create(true).append(true),
+    ))
+    .open(path)
+    .map_err(|cause| opening_failed(path, cause))?;
     let meta = regular_file(path, &file)?;
     // The umask may have made it anything narrower, or someone else wider.
-    if meta.permissions().mode() & 0o777 != 0o600 {
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+    if platform_fs::mode(&meta).is_some_and(|mode| mode != 0o600) {
+        platform_fs::restrict_open_file_to_owner(&file)
             .map_err(|cause| opening_failed(path, cause))?;
     }
     Ok(file)
@@ -51,9 +49,7 @@ pub fn open_log(path: &Path) -> Result<File, LogError> {
 
 /// Opens `path` for reading without following a link.
 pub fn open_log_for_reading(path: &Path) -> Result<File, LogError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+    let file = platform_fs::no_follow(std::fs::OpenOptions::new().read(true))
         .open(path)
         .map_err(|cause| opening_failed(path, cause))?;
     regular_file(path, &file)?;
@@ -61,7 +57,7 @@ pub fn open_log_for_reading(path: &Path) -> Result<File, LogError> {
 }
 
 fn opening_failed(path: &Path, cause: io::Error) -> LogError {
-    if cause.raw_os_error() == Some(libc::ELOOP) {
+    if platform_fs::is_link_refused(&cause) {
         LogError::Link {
             path: path.to_path_buf(),
         }
@@ -149,12 +145,10 @@ impl RotatingLog {
 
     /// The file at `path` if it is still the one open, else a newly opened one.
     fn current(&mut self) -> Option<&mut File> {
-        let still_there = match (&self.file, std::fs::symlink_metadata(&self.path)) {
-            (Some(file), Ok(on_disk)) => file
-                .metadata()
-                .is_ok_and(|open| open.dev() == on_disk.dev() && open.ino() == on_disk.ino()),
-            _ => false,
-        };
+        let still_there = self
+            .file
+            .as_ref()
+            .is_some_and(|file| platform_fs::is_same_file(file, &self.path));
         if !still_there {
             match open_log(&self.path) {
                 Ok(file) => {
@@ -348,6 +342,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)] // Unix symbolic links; Windows ones need a privilege to create
     fn a_link_is_refused_and_never_written_through() {
         let dir = tempfile::tempdir().expect("tempdir");
         let target = dir.path().join("target");
@@ -365,7 +360,9 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)] // Unix modes
     fn logs_are_private() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("a.log");
         std::fs::write(&path, "").expect("write");

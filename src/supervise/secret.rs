@@ -7,7 +7,7 @@
 //! round trip; the host never sees the token itself, and a manager that adopts a running
 //! host after a restart still knows its secret.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 
 use crate::config::{DaemonSpec, TransportKind};
@@ -17,24 +17,32 @@ use crate::paths::Paths;
 /// against a concurrent first start: the file appears whole, once, and every caller reads
 /// the same token.
 pub fn load_or_create_token(paths: &Paths) -> io::Result<String> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use crate::platform::fs::{owner_only, restrict_to_owner};
     let path = paths.manager_token();
     if let Some(token) = read_token(&path) {
         return Ok(token);
     }
     let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    // The OS's generator (getrandom on Linux, ProcessPrng on Windows) through ring, which the
+    // TLS stack already carries; /dev/urandom does not exist on Windows.
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| io::Error::other("the system's random generator failed"))?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let temp = path.with_extension(format!("token.{}.tmp", &token[..8]));
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&temp)?;
+    let mut file = owner_only(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true),
+    )
+    .open(&temp)?;
+    // Windows: a protected DACL for the current user alone (Unix: 0600 at creation already).
+    if let Err(e) = restrict_to_owner(&temp) {
+        tracing::warn!("cannot restrict {} to its owner: {e}", temp.display());
+    }
     io::Write::write_all(&mut file, token.as_bytes())?;
     file.sync_all()?;
     // A link, unlike a rename, never replaces a token another process made meanwhile.

@@ -75,20 +75,9 @@ pub fn slots() -> Slots {
     })
 }
 
-/// The soft limit on open files of this process (`ulimit -n`).
-// Belongs in the platform seam once there is one: this is the only such call in transport/.
+/// The soft limit on open files of this process (`ulimit -n`; none on Windows).
 fn open_file_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct it is given.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    if ok && limit.rlim_cur != libc::RLIM_INFINITY {
-        limit.rlim_cur
-    } else {
-        u64::MAX
-    }
+    crate::platform::open_file_limit()
 }
 
 /// reqwest is built without a default TLS provider (aws-lc is slow to build); use ring.

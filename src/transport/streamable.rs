@@ -727,7 +727,7 @@ pub(crate) fn failure_of(error: &reqwest::Error) -> Failure {
 pub(crate) fn local_resource(error: &reqwest::Error) -> Option<String> {
     let exhausted = any_cause(error, |e| {
         e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+            crate::platform::is_out_of_descriptors(io)
                 || matches!(
                     io.kind(),
                     std::io::ErrorKind::OutOfMemory | std::io::ErrorKind::AddrNotAvailable
