@@ -22,8 +22,9 @@
 //! | `gemini` | `~/.gemini/settings.json` | — | `.gemini/settings.json` | `mcpServers` |
 //! | `windsurf` | `~/.codeium/windsurf/mcp_config.json` | — | — | `mcpServers` |
 //!
-//! (`~/.config` is `$XDG_CONFIG_HOME` when set; on macOS Claude Desktop and VS Code live under
-//! `~/Library/Application Support`.)
+//! (`~/.config` is `$XDG_CONFIG_HOME` when set; Claude Desktop and VS Code live under
+//! `~/Library/Application Support` on macOS and `%APPDATA%` (`~\AppData\Roaming`) on Windows;
+//! `~` is `%USERPROFILE%` on Windows.)
 
 pub mod files;
 pub mod registry;
@@ -34,6 +35,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
+
+pub use crate::platform::Os;
 
 pub use server::{Entry, Remote, Server, Stdio};
 
@@ -106,14 +109,14 @@ impl Client {
             });
         }
         let home = &env.home;
-        let project = |relative: &str| env.cwd.join(relative);
+        let project = |relative: &str| under(&env.cwd, relative);
         let servers_key = |key: &str| vec![key.to_owned()];
         let (path, servers_key) = match (self, scope) {
             (Client::ClaudeCode, Scope::User) => {
-                (home.join(".claude.json"), servers_key("mcpServers"))
+                (under(home, ".claude.json"), servers_key("mcpServers"))
             }
             (Client::ClaudeCode, Scope::Local) => (
-                home.join(".claude.json"),
+                under(home, ".claude.json"),
                 vec![
                     "projects".to_owned(),
                     env.cwd.to_string_lossy().into_owned(),
@@ -122,34 +125,33 @@ impl Client {
             ),
             (Client::ClaudeCode, _) => (project(".mcp.json"), servers_key("mcpServers")),
             (Client::ClaudeDesktop, _) => (
-                env.app_config_dir()
-                    .join("Claude/claude_desktop_config.json"),
+                under(&env.app_config_dir(), "Claude/claude_desktop_config.json"),
                 servers_key("mcpServers"),
             ),
             (Client::Cursor, Scope::User) => {
-                (home.join(".cursor/mcp.json"), servers_key("mcpServers"))
+                (under(home, ".cursor/mcp.json"), servers_key("mcpServers"))
             }
             (Client::Cursor, _) => (project(".cursor/mcp.json"), servers_key("mcpServers")),
             (Client::VsCode, Scope::User) => (
-                env.app_config_dir().join("Code/User/mcp.json"),
+                under(&env.app_config_dir(), "Code/User/mcp.json"),
                 servers_key("servers"),
             ),
             (Client::VsCode, _) => (project(".vscode/mcp.json"), servers_key("servers")),
             (Client::Codex, Scope::User) => (
                 env.codex_home
                     .clone()
-                    .unwrap_or_else(|| home.join(".codex"))
+                    .unwrap_or_else(|| under(home, ".codex"))
                     .join("config.toml"),
                 servers_key("mcp_servers"),
             ),
             (Client::Codex, _) => (project(".codex/config.toml"), servers_key("mcp_servers")),
             (Client::Gemini, Scope::User) => (
-                home.join(".gemini/settings.json"),
+                under(home, ".gemini/settings.json"),
                 servers_key("mcpServers"),
             ),
             (Client::Gemini, _) => (project(".gemini/settings.json"), servers_key("mcpServers")),
             (Client::Windsurf, _) => (
-                home.join(".codeium/windsurf/mcp_config.json"),
+                under(home, ".codeium/windsurf/mcp_config.json"),
                 servers_key("mcpServers"),
             ),
         };
@@ -255,6 +257,10 @@ pub struct Environment {
     pub xdg_config_home: Option<PathBuf>,
     /// `$CODEX_HOME`, where Codex keeps `config.toml`.
     pub codex_home: Option<PathBuf>,
+    /// `%APPDATA%` when set to an absolute path (Windows).
+    pub appdata: Option<PathBuf>,
+    /// Which OS's conventions to follow (the running one, except in tests).
+    pub os: Os,
 }
 
 impl Environment {
@@ -271,19 +277,34 @@ impl Environment {
             cwd,
             xdg_config_home: absolute("XDG_CONFIG_HOME"),
             codex_home: absolute("CODEX_HOME"),
+            appdata: absolute("APPDATA"),
+            os: Os::current(),
         })
     }
 
     /// Where desktop applications (Electron: Claude Desktop, VS Code) keep their settings.
+    /// macOS: `~/Library/Application Support`; Windows: `%APPDATA%` (`~\AppData\Roaming`);
+    /// Linux: `$XDG_CONFIG_HOME` or `~/.config`.
     fn app_config_dir(&self) -> PathBuf {
-        if cfg!(target_os = "macos") {
-            self.home.join("Library/Application Support")
-        } else {
-            self.xdg_config_home
+        match self.os {
+            Os::MacOs => under(&self.home, "Library/Application Support"),
+            Os::Windows => self
+                .appdata
                 .clone()
-                .unwrap_or_else(|| self.home.join(".config"))
+                .unwrap_or_else(|| under(&self.home, "AppData/Roaming")),
+            Os::Linux => self
+                .xdg_config_home
+                .clone()
+                .unwrap_or_else(|| self.home.join(".config")),
         }
     }
+}
+
+/// `base` joined with each `/`-separated part of `relative`, so every separator is the OS's.
+fn under(base: &Path, relative: &str) -> PathBuf {
+    relative
+        .split('/')
+        .fold(base.to_path_buf(), |path, part| path.join(part))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

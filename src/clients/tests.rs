@@ -9,6 +9,8 @@ fn env(dir: &Path) -> Environment {
         cwd: dir.join("project"),
         xdg_config_home: None,
         codex_home: None,
+        appdata: None,
+        os: Os::Linux,
     }
 }
 
@@ -27,15 +29,115 @@ fn load(client: Client, scope: Scope, text: &str) -> (tempfile::TempDir, ClientF
     (dir, file)
 }
 
+/// Where `client` keeps `scope`'s servers under `env`, with `/` for every separator (so one
+/// golden text holds on every OS), or the error.
+fn located(client: Client, scope: Scope, env: &Environment) -> String {
+    client
+        .location(scope, env)
+        .map(|l| l.path.display().to_string().replace('\\', "/"))
+        .unwrap_or_else(|e| e.to_string())
+}
+
+/// Each client's files on macOS: desktop apps under `~/Library/Application Support`.
+#[test]
+fn every_client_knows_its_files_on_macos() {
+    let env = Environment {
+        os: Os::MacOs,
+        ..env(Path::new("/Users/u"))
+    };
+    let path = |client: Client, scope| located(client, scope, &env);
+    assert_eq!(
+        path(Client::ClaudeDesktop, Scope::User),
+        "/Users/u/Library/Application Support/Claude/claude_desktop_config.json"
+    );
+    assert_eq!(
+        path(Client::VsCode, Scope::User),
+        "/Users/u/Library/Application Support/Code/User/mcp.json"
+    );
+    assert_eq!(
+        path(Client::ClaudeCode, Scope::User),
+        "/Users/u/.claude.json"
+    );
+    assert_eq!(
+        path(Client::Cursor, Scope::User),
+        "/Users/u/.cursor/mcp.json"
+    );
+    assert_eq!(
+        path(Client::Codex, Scope::User),
+        "/Users/u/.codex/config.toml"
+    );
+    assert_eq!(
+        path(Client::Gemini, Scope::User),
+        "/Users/u/.gemini/settings.json"
+    );
+    assert_eq!(
+        path(Client::Windsurf, Scope::User),
+        "/Users/u/.codeium/windsurf/mcp_config.json"
+    );
+    assert_eq!(
+        path(Client::VsCode, Scope::Project),
+        "/Users/u/project/.vscode/mcp.json"
+    );
+}
+
+/// Each client's files on Windows: desktop apps under `%APPDATA%`, the rest under the profile.
+#[test]
+fn every_client_knows_its_files_on_windows() {
+    let home = Path::new(r"C:\Users\u");
+    let env = Environment {
+        os: Os::Windows,
+        appdata: Some(PathBuf::from(r"C:\Users\u\AppData\Roaming")),
+        cwd: home.join("project"),
+        ..env(home)
+    };
+    let path = |client: Client, scope| located(client, scope, &env);
+    assert_eq!(
+        path(Client::ClaudeDesktop, Scope::User),
+        "C:/Users/u/AppData/Roaming/Claude/claude_desktop_config.json"
+    );
+    assert_eq!(
+        path(Client::VsCode, Scope::User),
+        "C:/Users/u/AppData/Roaming/Code/User/mcp.json"
+    );
+    assert_eq!(
+        path(Client::ClaudeCode, Scope::User),
+        "C:/Users/u/.claude.json"
+    );
+    assert_eq!(
+        path(Client::Cursor, Scope::User),
+        "C:/Users/u/.cursor/mcp.json"
+    );
+    assert_eq!(
+        path(Client::Codex, Scope::User),
+        "C:/Users/u/.codex/config.toml"
+    );
+    assert_eq!(
+        path(Client::Gemini, Scope::User),
+        "C:/Users/u/.gemini/settings.json"
+    );
+    assert_eq!(
+        path(Client::Windsurf, Scope::User),
+        "C:/Users/u/.codeium/windsurf/mcp_config.json"
+    );
+    assert_eq!(
+        path(Client::Cursor, Scope::Project),
+        "C:/Users/u/project/.cursor/mcp.json"
+    );
+    // Without %APPDATA%, its default under the profile.
+    let bare = Environment {
+        appdata: None,
+        ..env.clone()
+    };
+    assert_eq!(
+        located(Client::ClaudeDesktop, Scope::User, &bare),
+        "C:/Users/u/AppData/Roaming/Claude/claude_desktop_config.json"
+    );
+}
+
 #[test]
 fn every_client_knows_its_files() {
     let env = env(Path::new("/home/u"));
-    let path = |client: Client, scope| {
-        client
-            .location(scope, &env)
-            .map(|l| l.path.display().to_string())
-            .unwrap_or_else(|e| e.to_string())
-    };
+    let path = |client: Client, scope| located(client, scope, &env);
     assert_eq!(
         path(Client::ClaudeCode, Scope::User),
         "/home/u/.claude.json"
@@ -72,16 +174,14 @@ fn every_client_knows_its_files() {
         path(Client::VsCode, Scope::Project),
         "/home/u/project/.vscode/mcp.json"
     );
-    if !cfg!(target_os = "macos") {
-        assert_eq!(
-            path(Client::ClaudeDesktop, Scope::User),
-            "/home/u/.config/Claude/claude_desktop_config.json"
-        );
-        assert_eq!(
-            path(Client::VsCode, Scope::User),
-            "/home/u/.config/Code/User/mcp.json"
-        );
-    }
+    assert_eq!(
+        path(Client::ClaudeDesktop, Scope::User),
+        "/home/u/.config/Claude/claude_desktop_config.json"
+    );
+    assert_eq!(
+        path(Client::VsCode, Scope::User),
+        "/home/u/.config/Code/User/mcp.json"
+    );
     let local = Client::ClaudeCode
         .location(Scope::Local, &env)
         .expect("local");

@@ -58,6 +58,28 @@ pub enum Stopped {
     Stuck,
 }
 
+/// An OS whose conventions (file locations) mcpsm knows; a value, so Linux tests can check
+/// macOS and Windows ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Os {
+    Linux,
+    MacOs,
+    Windows,
+}
+
+impl Os {
+    /// The OS this binary runs on (other Unixes follow Linux).
+    pub const fn current() -> Os {
+        if cfg!(windows) {
+            Os::Windows
+        } else if cfg!(target_os = "macos") {
+            Os::MacOs
+        } else {
+            Os::Linux
+        }
+    }
+}
+
 /// What asks a server process to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
