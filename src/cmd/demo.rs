@@ -102,15 +102,22 @@ async fn steps(paths: &Paths, manager_port: u16) -> anyhow::Result<()> {
     println!(
         "\n4. Send {INTERRUPT} to session A's whole process group (what clients do to their servers)"
     );
-    platform::interrupt_group(a.pid())
-        .with_context(|| format!("sending {INTERRUPT} to session A's process group"))?;
+    // Windows: console events need a console shared with the proxies; a process whose
+    // console cannot carry them (Wine's Unix console) cannot send one, and says so.
+    let sent = platform::interrupt_group(a.pid())
+        .map_err(|e| println!("   ⚠ {INTERRUPT} could not be sent to session A's process group ({e}); only the sessions' survival is shown"))
+        .is_ok();
     std::thread::sleep(Duration::from_millis(200));
     if !process::is_alive(daemon_pid) {
         bail!("the daemon died from a {INTERRUPT} sent to a proxy's process group");
     }
     let b_value = b.counter()?;
     let a_value = a.counter()?;
-    println!("   ✓ daemon pid {daemon_pid} still running; B's counter → {b_value}; A's proxy ignored {INTERRUPT} too (counter → {a_value})");
+    if sent {
+        println!("   ✓ daemon pid {daemon_pid} still running; B's counter → {b_value}; A's proxy ignored {INTERRUPT} too (counter → {a_value})");
+    } else {
+        println!("   ✓ daemon pid {daemon_pid} still running; B's counter → {b_value}; A's counter → {a_value} (no {INTERRUPT} was sent)");
+    }
 
     println!("\n5. Kill the daemon with {KILL}");
     platform::kill(daemon_pid).context("killing the daemon")?;

@@ -128,10 +128,33 @@ pub fn is_executable(_meta: &std::fs::Metadata) -> bool {
     true
 }
 
-/// A hidden console and a process group of its own (see the module docs).
+/// A hidden console and a process group of its own (see the module docs), and no inherited
+/// handle beyond the stdio it is given.
 pub fn detach(command: &mut std::process::Command) {
     use std::os::windows::process::CommandExt;
     command.creation_flags(DETACHED_FLAGS);
+    keep_own_stdio_from_children();
+}
+
+/// Windows children inherit every inheritable handle, and this process's own stdio handles
+/// are inheritable when it got them from its parent: a detached child would hold the pipe its
+/// starter waits on (`mcpsm manager --detach`'s stderr). Children given stdio explicitly get
+/// their own duplicates, and `Stdio::inherit` duplicates too, so clearing the flag on the
+/// originals only stops the leak.
+fn keep_own_stdio_from_children() {
+    use windows_sys::Win32::Foundation::{SetHandleInformation, HANDLE_FLAG_INHERIT};
+    use windows_sys::Win32::System::Console::{
+        GetStdHandle, STD_ERROR_HANDLE, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE,
+    };
+    for which in [STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, STD_ERROR_HANDLE] {
+        // SAFETY: plain calls on this process's own standard handles; an absent one fails.
+        unsafe {
+            let handle = GetStdHandle(which);
+            if !handle.is_null() && handle as isize != -1 {
+                SetHandleInformation(handle, HANDLE_FLAG_INHERIT, 0);
+            }
+        }
+    }
 }
 
 /// Spawns a command prepared by [`detach`], out of the caller's job if the job allows it.
@@ -159,10 +182,37 @@ pub fn spawn_detached_std(command: &mut std::process::Command) -> io::Result<std
     }
 }
 
-/// A process group of its own, so a CTRL_BREAK can be sent to it alone.
+/// A process group of its own, so a CTRL_BREAK can be sent to it alone. The child shares
+/// this process's console, which console events need: a process started without one (from
+/// a service, or with every stdio handle redirected under Wine) gets one first.
 pub fn new_process_group(command: &mut std::process::Command) {
     use std::os::windows::process::CommandExt;
+    ensure_console();
     command.creation_flags(CREATE_NEW_PROCESS_GROUP);
+}
+
+/// Attaches a new console when this process has none, keeping its standard handles (output
+/// that goes to a pipe or file stays there).
+fn ensure_console() {
+    use windows_sys::Win32::System::Console::{
+        AllocConsole, GetConsoleWindow, GetStdHandle, SetStdHandle, STD_ERROR_HANDLE,
+        STD_INPUT_HANDLE, STD_OUTPUT_HANDLE,
+    };
+    // SAFETY: plain calls; the saved handles are put back unchanged.
+    unsafe {
+        if !GetConsoleWindow().is_null() {
+            return;
+        }
+        let which = [STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, STD_ERROR_HANDLE];
+        let saved = which.map(|w| GetStdHandle(w));
+        if AllocConsole() != 0 {
+            for (w, handle) in which.into_iter().zip(saved) {
+                if !handle.is_null() {
+                    SetStdHandle(w, handle);
+                }
+            }
+        }
+    }
 }
 
 /// What a console does to interrupt a program: CTRL_BREAK to the process group `leader`
@@ -614,8 +664,11 @@ pub mod log_writer {
         std::io::pipe()
     }
 
-    /// COMMAND is in the log-writer's job already; its console is the hidden one.
-    pub fn prepare_child(_child: &mut std::process::Command) {}
+    /// COMMAND is in the log-writer's job already; its console is the hidden one. It gets
+    /// the pipe, not the log file itself.
+    pub fn prepare_child(_child: &mut std::process::Command) {
+        keep_own_stdio_from_children();
+    }
 }
 
 /// Files only their owner may read. Windows has no modes: a file is restricted by a protected

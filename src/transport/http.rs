@@ -64,7 +64,10 @@ pub fn slots() -> Slots {
     static SLOTS: std::sync::OnceLock<Slots> = std::sync::OnceLock::new();
     *SLOTS.get_or_init(|| {
         // Busy and lingering connections, plus a quarter more for `others`: 2 × 1.25 × requests.
-        let room = open_file_limit().saturating_sub(RESERVED_DESCRIPTORS) * 2 / 5;
+        let room = open_file_limit()
+            .saturating_sub(RESERVED_DESCRIPTORS)
+            .saturating_mul(2)
+            / 5;
         let requests = usize::try_from(room)
             .unwrap_or(MAX_REQUESTS)
             .clamp(4, MAX_REQUESTS);
