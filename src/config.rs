@@ -700,6 +700,17 @@ fn mcpsm_bin() -> String {
         .unwrap_or_else(|_| "mcpsm".to_owned())
 }
 
+/// The value of environment variable `name`; `${HOME}` is the user's home even where `HOME`
+/// is not set (Windows: `%USERPROFILE%`).
+fn variable(name: &str) -> Result<String, std::env::VarError> {
+    match std::env::var(name) {
+        Err(std::env::VarError::NotPresent) if name == "HOME" => paths::user_home()
+            .map(|home| home.to_string_lossy().into_owned())
+            .ok_or(std::env::VarError::NotPresent),
+        other => other,
+    }
+}
+
 /// Expands `${VAR}`, `${VAR:-default}`, `$$` (a literal `$`) and a leading `~` / `~/`.
 fn expand(value: &str) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
@@ -735,7 +746,7 @@ fn expand(value: &str) -> Result<String, String> {
                 if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                     return Err(format!("`${{{inner}}}` is not a valid variable reference"));
                 }
-                match (std::env::var(name), default) {
+                match (variable(name), default) {
                     (Ok(v), Some(default)) if v.is_empty() => out.push_str(default),
                     (Ok(v), _) => out.push_str(&v),
                     (Err(_), Some(default)) => out.push_str(default),
@@ -1037,7 +1048,10 @@ headers = { Authorization = "Bearer ${MCPSM_TEST_TOKEN}" }
     #[test]
     fn expansion_rules() {
         std::env::set_var("MCPSM_TEST_X", "x");
-        let home = std::env::var("HOME").expect("HOME is set for tests");
+        let home = paths::user_home()
+            .expect("HOME is set for tests")
+            .display()
+            .to_string();
         assert_eq!(expand("a${MCPSM_TEST_X}b").as_deref(), Ok("axb"));
         assert_eq!(expand("${MCPSM_TEST_UNSET_Y:-dflt}").as_deref(), Ok("dflt"));
         assert_eq!(expand("$$HOME $5").as_deref(), Ok("$HOME $5"));

@@ -187,7 +187,7 @@ fn every_client_knows_its_files() {
         .expect("local");
     assert_eq!(
         local.servers_key,
-        ["projects", "/home/u/project", "mcpServers"]
+        ["projects", &env.cwd.display().to_string(), "mcpServers"]
     );
     let refused = path(Client::Windsurf, Scope::Project);
     assert!(
@@ -246,7 +246,8 @@ fn claude_code_local_scope_writes_under_the_project() {
         .expect("location");
     let project = env.cwd.display().to_string();
     let text = format!(
-        "{{\"projects\": {{\"{project}\": {{\"allowedTools\": []}}, \"/other\": {{}}}}}}\n"
+        "{{\"projects\": {{{}: {{\"allowedTools\": []}}, \"/other\": {{}}}}}}\n",
+        Value::from(project.as_str())
     );
     std::fs::write(&location.path, &text).expect("write");
     let mut file = ClientFile::load(&location).expect("load");
@@ -276,7 +277,9 @@ fn invalid_json_names_line_and_column() {
         .expect("invalid")
         .to_string();
     assert!(
-        error.starts_with("~/.gemini/settings.json:3:7: invalid JSON: expected `:`"),
+        error
+            .replace('\\', "/")
+            .starts_with("~/.gemini/settings.json:3:7: invalid JSON: expected `:`"),
         "{error}"
     );
     assert!(error.contains("\nhint: "), "{error}");

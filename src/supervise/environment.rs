@@ -413,6 +413,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[cfg(unix)] // a POSIX shell
     async fn a_login_shell_gives_its_environment() {
         let vars = login_environment(Path::new("/bin/sh"), CAPTURE_TIMEOUT)
             .await
