@@ -282,7 +282,7 @@ pub fn exit_with_parent() {
 }
 
 /// How often a thread looks whether the parent is still there (macOS).
-#[cfg(any(not(target_os = "linux"), test))]
+#[cfg(not(target_os = "linux"))]
 const PARENT_POLL: Duration = Duration::from_millis(250);
 
 /// Returns once `current_parent()` is no longer `parent` (the parent died and this process

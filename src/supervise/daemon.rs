@@ -319,6 +319,8 @@ impl DaemonHandle {
     }
 }
 
+// One per running daemon: the size of a Windows `Child` (handles, pipes) does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Process {
     Child(tokio::process::Child),
     /// Not our child: watched through the process table.
