@@ -106,7 +106,7 @@ impl Store {
     }
 
     pub fn save(&self, record: &Record) -> Result<(), AuthError> {
-        use std::os::unix::fs::OpenOptionsExt;
+        use crate::platform::fs::{owner_only, restrict_to_owner};
         let dir = self.file.parent().unwrap_or(Path::new("."));
         create_private_dir(dir).map_err(|e| store_error(dir, &e))?;
         let bytes =
@@ -114,13 +114,18 @@ impl Store {
         let temp = self
             .file
             .with_extension(format!("json.{}.tmp", std::process::id()));
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(|e| store_error(&temp, &e))?;
+        let mut file = owner_only(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true),
+        )
+        .open(&temp)
+        .map_err(|e| store_error(&temp, &e))?;
+        // Windows: a protected DACL for the current user alone (Unix: 0600 at creation).
+        if let Err(e) = restrict_to_owner(&temp) {
+            tracing::warn!("cannot restrict {} to its owner: {e}", temp.display());
+        }
         file.write_all(&bytes)
             .and_then(|()| file.sync_all())
             .map_err(|e| store_error(&temp, &e))?;
@@ -196,6 +201,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(unix)] // Unix modes
     fn the_token_file_is_private_and_secrets_do_not_print() {
         use std::os::unix::fs::PermissionsExt;
         let home = tempfile::tempdir().unwrap();
