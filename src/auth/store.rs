@@ -196,12 +196,11 @@ fn file_stem(key: &str) -> String {
     format!("{readable}-{hash}")
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))] // Unix modes
 mod tests {
     use super::*;
 
     #[test]
-    #[cfg(unix)] // Unix modes
     fn the_token_file_is_private_and_secrets_do_not_print() {
         use std::os::unix::fs::PermissionsExt;
         let home = tempfile::tempdir().unwrap();

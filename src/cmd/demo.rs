@@ -42,8 +42,13 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     let client = ManagerClient::new(&paths, manager_port);
     let _ = client.action("shutdown").await;
     match result {
-        Ok(()) => {
-            println!("\n✓ demo complete: one daemon served both sessions, survived {INTERRUPT} and came back after {KILL}.");
+        Ok(interrupted) => {
+            let interrupt = if interrupted {
+                format!("survived {INTERRUPT}")
+            } else {
+                format!("went on (no {INTERRUPT} could be sent)")
+            };
+            println!("\n✓ demo complete: one daemon served both sessions, {interrupt} and came back after {KILL}.");
             println!(
                 "  Cleaned up: proxies closed, manager and daemon stopped, {} removed.",
                 home.path().display()
@@ -62,7 +67,8 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn steps(paths: &Paths, manager_port: u16) -> anyhow::Result<()> {
+/// Runs the steps; says whether the interrupt could be sent.
+async fn steps(paths: &Paths, manager_port: u16) -> anyhow::Result<bool> {
     println!(
         "mcpsm demo — a private home in {}\n",
         paths.home().display()
@@ -129,7 +135,7 @@ async fn steps(paths: &Paths, manager_port: u16) -> anyhow::Result<()> {
     println!("\n6. Clean up");
     a.close();
     b.close();
-    Ok(())
+    Ok(sent)
 }
 
 async fn wait_for_new_pid(client: &ManagerClient, old: u32) -> anyhow::Result<u32> {

@@ -22,7 +22,8 @@ pub struct ManagerState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaemonRecord {
     pub pid: u32,
-    /// Clock ticks since boot, from /proc/PID/stat.
+    /// When the process started, in the OS's unit (see [`crate::platform::start_time`]): clock
+    /// ticks since boot on Linux, seconds since the epoch on macOS, 100 ns since 1601 on Windows.
     pub start_time: u64,
     pub port: u16,
     /// Unix seconds.
