@@ -23,6 +23,7 @@ mod recovery;
 pub mod sse;
 pub mod stdio;
 mod streamable;
+mod tool_headers;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -160,6 +161,8 @@ pub(crate) struct Shared {
     hooks: Hooks,
     /// Bound the connections to the daemon: see [`http::Slots`].
     requests_in_flight: Semaphore,
+    /// `Mcp-Param-*` headers learned from `tools/list` (2026-07-28 connections).
+    pub tool_headers: tool_headers::ToolHeaders,
     others_in_flight: Semaphore,
 }
 
@@ -279,6 +282,7 @@ impl Shared {
                 if !self.established.load(Ordering::Acquire) {
                     self.note_initialize_result(&message);
                 }
+                let message = self.tool_headers.learn(message);
                 self.respond(&asked, message).await;
                 return;
             }
@@ -554,6 +558,7 @@ impl Upstream {
             wake_recovery: Notify::new(),
             hooks,
             requests_in_flight: Semaphore::new(http::slots().requests),
+            tool_headers: tool_headers::ToolHeaders::default(),
             others_in_flight: Semaphore::new(http::slots().others),
         });
         let mode = match transport.wire() {

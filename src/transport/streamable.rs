@@ -165,6 +165,15 @@ impl Session {
         }
         let negotiated = self.negotiated();
         let (version, metadata) = self.request_metadata(message, is_initialize, negotiated);
+        // Only a 2026-07-28 connection names its calls; only then are arguments mirrored.
+        let params = match &metadata {
+            Some((_, Some(_))) if message.method() == Some(method::TOOLS_CALL) => {
+                serde_json::from_slice::<serde_json::Value>(message.bytes())
+                    .map(|v| self.shared.tool_headers.headers_for(&v["params"]))
+                    .unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
         self.shared
             .send_authorized(|| {
                 let mut request = self
@@ -176,6 +185,9 @@ impl Session {
                     if let Some(name) = name {
                         request = request.header(MCP_NAME, name.clone());
                     }
+                }
+                for (name, value) in &params {
+                    request = request.header(name.clone(), value.clone());
                 }
                 request.body(message.bytes().clone())
             })
@@ -228,6 +240,7 @@ impl Session {
         }
         if message.is_request() {
             self.modern.store(true, Ordering::Relaxed);
+            self.shared.tool_headers.enable();
         }
         let name = match method {
             method::TOOLS_CALL | method::PROMPTS_GET => params.name,

@@ -247,3 +247,53 @@ fn client_scenarios_of_both_suites_end_through_the_proxy_as_with_the_sdks_own_tr
     differences.dedup();
     assert!(differences.is_empty(), "{differences:#?}");
 }
+
+/// The alpha suite's custom-header client scenarios at 2026-07-28, with a raw 2026 host through
+/// `mcpsm proxy`: the proxy mirrors `x-mcp-header` arguments into `Mcp-Param-*` headers and
+/// leaves out tools whose annotations are invalid.
+#[test]
+fn custom_header_client_scenarios_pass_through_the_proxy() {
+    let home = TestHome::new();
+    let suite_bin = alpha_bin();
+    for scenario in ["http-custom-headers", "http-invalid-tool-headers"] {
+        let out = home.path().join(format!("client-{scenario}"));
+        let host = format!(
+            "python3 {} {} proxy",
+            support_dir().join("header_scenarios_client.py").display(),
+            bin().display()
+        );
+        let mut command = Command::new(suite_bin.join("conformance"));
+        command
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    suite_bin.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .env("HOME", home.path())
+            .env("MCPSM_HOME", home.path())
+            .args([
+                "client",
+                "--scenario",
+                scenario,
+                "--spec-version",
+                "2026-07-28",
+            ])
+            .args(["--command", &host, "-o"])
+            .arg(&out)
+            .current_dir(home.path());
+        let output = run_with_deadline(command, Duration::from_secs(120));
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success() && report.contains("OVERALL: PASSED"),
+            "{scenario} through the proxy ({})\n{report}",
+            output.status
+        );
+    }
+}
