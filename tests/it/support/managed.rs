@@ -82,6 +82,8 @@ pub fn listen_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};
     static CALLS: AtomicU64 = AtomicU64::new(0);
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
@@ -92,7 +94,10 @@ pub fn listen_port() -> u16 {
         hasher.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
         hasher.write_u32(std::process::id());
         let port = low + u16::try_from(hasher.finish() % u64::from(high - low)).unwrap_or(0);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        // Never the same port twice in one test run (a manager and its daemon, say): two
+        // calls may both find a port free before anything listens on it.
+        let fresh = GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port);
+        if fresh && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
