@@ -34,23 +34,47 @@ fn reference_server() -> Server {
     loopback_server(command, "/mcp")
 }
 
-/// `conformance server --url URL --spec-version V`: check (scenario/id) → status.
-fn run_suite(home: &TestHome, url: &str, version: &str, label: &str) -> BTreeMap<String, String> {
-    let out = home.path().join(format!("conformance-{label}-{version}"));
-    let mut command = Command::new(alpha_bin().join("conformance"));
+/// Runs `conformance ARGS -o OUT` from `suite` (`conformance` or `conformance-alpha`) in the
+/// test's home, with the suite's Node 22 first on PATH.
+fn conformance(
+    home: &TestHome,
+    suite: &str,
+    args: &[&str],
+    out: &std::path::Path,
+    limit: Duration,
+) -> std::process::Output {
+    let suite_bin = installed(support_dir().join(suite).join("node_modules/.bin"));
+    let mut command = Command::new(suite_bin.join("conformance"));
     command
         .env(
             "PATH",
             format!(
                 "{}:{}",
-                alpha_bin().display(),
+                suite_bin.display(),
                 std::env::var("PATH").unwrap_or_default()
             ),
         )
-        .args(["server", "--url", url, "--spec-version", version, "-o"])
-        .arg(&out)
+        .env("HOME", home.path())
+        .env("MCPSM_HOME", home.path())
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .args(args)
+        .arg("-o")
+        .arg(out)
         .current_dir(home.path());
-    let output = run_with_deadline(command, Duration::from_secs(300));
+    run_with_deadline(command, limit)
+}
+
+/// `conformance server --url URL --spec-version V`: check (scenario/id) → status.
+fn run_suite(home: &TestHome, url: &str, version: &str, label: &str) -> BTreeMap<String, String> {
+    let out = home.path().join(format!("conformance-{label}-{version}"));
+    let output = conformance(
+        home,
+        "conformance-alpha",
+        &["server", "--url", url, "--spec-version", version],
+        &out,
+        Duration::from_secs(300),
+    );
     let mut checks = BTreeMap::new();
     for entry in std::fs::read_dir(&out).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -156,8 +180,8 @@ fn the_newest_conformance_suite_ends_through_mcpsm_as_it_does_directly_at_every_
     );
 }
 
-/// The client scenarios a TS SDK host can drive (2026-07-28-only ones need a 2026 client; see
-/// `real::alpha_conformance_standard_headers_pass_through_the_proxy` for the one run here).
+/// The client scenarios a TS SDK host can drive (the 2026-07-28-only ones need a 2026 host:
+/// see `client_scenarios_of_2026_07_28_pass_through_the_proxy`).
 const CLIENT_SCENARIOS: [&str; 4] = [
     "initialize",
     "tools_call",
@@ -173,7 +197,6 @@ fn run_client_scenario(
     scenario: &str,
     through_mcpsm: bool,
 ) -> BTreeMap<String, String> {
-    let suite_bin = installed(support_dir().join(suite).join("node_modules/.bin"));
     let label = if through_mcpsm { "mcpsm" } else { "direct" };
     let out = home
         .path()
@@ -184,22 +207,13 @@ fn run_client_scenario(
     } else {
         format!("node {} --direct", driver.display())
     };
-    let mut command = Command::new(suite_bin.join("conformance"));
-    command
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                suite_bin.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .env("HOME", home.path())
-        .env("MCPSM_HOME", home.path())
-        .args(["client", "--scenario", scenario, "--command", &host, "-o"])
-        .arg(&out)
-        .current_dir(home.path());
-    let output = run_with_deadline(command, Duration::from_secs(120));
+    let output = conformance(
+        home,
+        suite,
+        &["client", "--scenario", scenario, "--command", &host],
+        &out,
+        Duration::from_secs(120),
+    );
     let mut checks = BTreeMap::new();
     for entry in std::fs::read_dir(&out).into_iter().flatten().flatten() {
         let Ok(text) = std::fs::read_to_string(entry.path().join("checks.json")) else {
@@ -256,8 +270,8 @@ fn client_scenarios_of_both_suites_end_through_the_proxy_as_with_the_sdks_own_tr
 #[test]
 fn client_scenarios_of_2026_07_28_pass_through_the_proxy() {
     let home = TestHome::new();
-    let suite_bin = alpha_bin();
     let runs = [
+        ("http-standard-headers", "standard_headers_client.py"),
         ("http-custom-headers", "header_scenarios_client.py"),
         ("http-invalid-tool-headers", "header_scenarios_client.py"),
         ("request-metadata", "sessionless_client.py"),
@@ -271,29 +285,21 @@ fn client_scenarios_of_2026_07_28_pass_through_the_proxy() {
             support_dir().join(driver).display(),
             bin().display()
         );
-        let mut command = Command::new(suite_bin.join("conformance"));
-        command
-            .env(
-                "PATH",
-                format!(
-                    "{}:{}",
-                    suite_bin.display(),
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            )
-            .env("HOME", home.path())
-            .env("MCPSM_HOME", home.path())
-            .args([
-                "client",
-                "--scenario",
-                scenario,
-                "--spec-version",
-                "2026-07-28",
-            ])
-            .args(["--command", &host, "-o"])
-            .arg(&out)
-            .current_dir(home.path());
-        let output = run_with_deadline(command, Duration::from_secs(120));
+        let args = [
+            "client",
+            "--scenario",
+            scenario,
+            "--spec-version",
+            "2026-07-28",
+        ];
+        let args = [&args[..], &["--command", &host]].concat();
+        let output = conformance(
+            &home,
+            "conformance-alpha",
+            &args,
+            &out,
+            Duration::from_secs(120),
+        );
         let report = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
