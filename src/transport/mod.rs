@@ -697,9 +697,9 @@ impl Upstream {
     ) {
         let _slot = self.shared.slot(&message).await;
         match session.probe(&message).await {
-            streamable::Probed::Streamable(response) => {
+            streamable::Probed::Streamable(response, with_session) => {
                 self.decide(Mode::Streamable(session.clone()));
-                session.handle(&message, response).await;
+                session.handle(&message, response, with_session).await;
             }
             streamable::Probed::Answered => self.decide(Mode::Streamable(session.clone())),
             streamable::Probed::Failed(failure) => {

@@ -67,8 +67,9 @@ pub struct Session {
 /// What the answer to a message POSTed before the wire is known says about the daemon.
 pub enum Probed {
     /// A status other than 400/404/405: streamable HTTP. The body is still to be read
-    /// ([`Session::handle`]), which may take as long as the request runs.
-    Streamable(reqwest::Response),
+    /// ([`Session::handle`]), which may take as long as the request runs. With it: whether
+    /// the request went with a daemon session id.
+    Streamable(reqwest::Response, bool),
     /// 400/404/405 with a JSON-RPC answer: streamable HTTP; the answer was handled.
     Answered,
     /// 400/404/405 without a JSON-RPC answer: perhaps legacy SSE; nothing was reported.
@@ -133,17 +134,23 @@ impl Session {
 
     /// A request with the session's headers: the session id and the negotiated version.
     fn request(&self, method: Method) -> reqwest::RequestBuilder {
-        self.request_as(method, self.negotiated())
+        self.request_as(method, self.negotiated(), self.session_id())
     }
 
-    /// Like [`Session::request`], with `version` as `MCP-Protocol-Version`.
-    fn request_as(&self, method: Method, version: Option<HeaderValue>) -> reqwest::RequestBuilder {
+    /// Like [`Session::request`], with `version` as `MCP-Protocol-Version` and `session` as
+    /// `Mcp-Session-Id`.
+    fn request_as(
+        &self,
+        method: Method,
+        version: Option<HeaderValue>,
+        session: Option<HeaderValue>,
+    ) -> reqwest::RequestBuilder {
         let mut request = self
             .shared
             .http
             .request(method, self.shared.options.url.clone())
             .headers(self.shared.options.headers.clone());
-        if let Some(id) = self.session_id() {
+        if let Some(id) = session {
             request = request.header(SESSION_ID, id);
         }
         if let Some(version) = version {
@@ -152,7 +159,9 @@ impl Session {
         request
     }
 
-    async fn post(&self, message: &Message) -> Result<reqwest::Response, reqwest::Error> {
+    /// POSTs `message`; says too whether it went with a daemon session id (read once, so a
+    /// recovery resetting the session meanwhile cannot make a lost session look like none).
+    async fn post(&self, message: &Message) -> (Result<reqwest::Response, reqwest::Error>, bool) {
         let is_initialize = message.is_request() && message.method() == Some(method::INITIALIZE);
         if is_initialize {
             *self.initialize_id.lock().unwrap_or_else(|e| e.into_inner()) = message.id().cloned();
@@ -163,6 +172,7 @@ impl Session {
                 .write()
                 .unwrap_or_else(|e| e.into_inner()) = None;
         }
+        let session = self.session_id();
         let negotiated = self.negotiated();
         let (version, metadata) = self.request_metadata(message, is_initialize, negotiated);
         // Only a 2026-07-28 connection names its calls; only then are arguments mirrored.
@@ -174,10 +184,11 @@ impl Session {
             }
             _ => Vec::new(),
         };
-        self.shared
+        let sent = self
+            .shared
             .send_authorized(|| {
                 let mut request = self
-                    .request_as(Method::POST, version.clone())
+                    .request_as(Method::POST, version.clone(), session.clone())
                     .header(CONTENT_TYPE, http::JSON)
                     .header(ACCEPT, http::ACCEPT_BOTH);
                 if let Some((method, name)) = &metadata {
@@ -191,7 +202,8 @@ impl Session {
                 }
                 request.body(message.bytes().clone())
             })
-            .await
+            .await;
+        (sent, session.is_some())
     }
 
     /// The `MCP-Protocol-Version` a POST of `message` carries, its `Mcp-Method` and, when it
@@ -266,27 +278,28 @@ impl Session {
 
     pub async fn send(self: &Arc<Self>, message: Message) {
         match self.post(&message).await {
-            Ok(response) => self.handle(&message, response).await,
-            Err(e) => self.shared.report(&message, &failure_of(&e)).await,
+            (Ok(response), with_session) => self.handle(&message, response, with_session).await,
+            (Err(e), _) => self.shared.report(&message, &failure_of(&e)).await,
         }
     }
 
     /// `auto` mode: POSTs a message and says what its status tells about the daemon, as soon
     /// as the status is known (never waiting for the end of the body).
     pub async fn probe(&self, message: &Message) -> Probed {
-        let response = match self.post(message).await {
-            Ok(response) => response,
-            Err(e) => return Probed::Failed(failure_of(&e)),
+        let (response, with_session) = match self.post(message).await {
+            (Ok(response), with_session) => (response, with_session),
+            (Err(e), _) => return Probed::Failed(failure_of(&e)),
         };
         let status = response.status();
         if !matches!(status.as_u16(), 400 | 404 | 405) {
-            return Probed::Streamable(response);
+            return Probed::Streamable(response, with_session);
         }
         let body = http::read_body(response, ERROR_BODY_LIMIT)
             .await
             .unwrap_or_default();
         if Message::parse_many(body.clone()).is_ok() {
-            self.handle_error_status(message, status, &body).await;
+            self.handle_error_status(message, status, &body, with_session)
+                .await;
             return Probed::Answered;
         }
         Probed::NotStreamable(Failure::Status {
@@ -295,13 +308,20 @@ impl Session {
         })
     }
 
-    pub async fn handle(self: &Arc<Self>, message: &Message, response: reqwest::Response) {
+    pub async fn handle(
+        self: &Arc<Self>,
+        message: &Message,
+        response: reqwest::Response,
+        with_session: bool,
+    ) {
         let status = response.status();
         if !status.is_success() {
             let body = http::read_body(response, ERROR_BODY_LIMIT)
                 .await
                 .unwrap_or_default();
-            return self.handle_error_status(message, status, &body).await;
+            return self
+                .handle_error_status(message, status, &body, with_session)
+                .await;
         }
         if message.method() == Some(method::INITIALIZE) {
             if let Some(id) = response.headers().get(SESSION_ID) {
@@ -385,12 +405,25 @@ impl Session {
         }
     }
 
-    async fn handle_error_status(&self, message: &Message, status: StatusCode, body: &Bytes) {
-        let had_session = self.session_id().is_some();
+    /// Answers `message` after an error status. A 404, or a 400 that speaks of the session,
+    /// to a message sent in a daemon session means the session is gone: the message is held
+    /// for the recovery. So does one to a message that went without a session id because a
+    /// recovery had just reset it (the client's session exists, the message is not its
+    /// `initialize`).
+    async fn handle_error_status(
+        &self,
+        message: &Message,
+        status: StatusCode,
+        body: &Bytes,
+        with_session: bool,
+    ) {
         let mentions_session = String::from_utf8_lossy(body)
             .to_ascii_lowercase()
             .contains("session");
-        if had_session
+        let between_sessions = !with_session
+            && message.method() != Some(method::INITIALIZE)
+            && self.shared.established.load(Ordering::Acquire);
+        if (with_session || between_sessions)
             && (status == StatusCode::NOT_FOUND
                 || (status == StatusCode::BAD_REQUEST && mentions_session))
         {
