@@ -25,6 +25,8 @@ pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_SESSION_GRACE: Duration = Duration::from_secs(30);
 /// How many server processes a non-shared stdio daemon may run at once.
 pub const DEFAULT_MAX_SESSIONS: usize = 32;
+/// How long a daemon with no open session keeps running before the manager stops it.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// The registry used when `daemons.toml` does not exist.
 pub const EMBEDDED_DEFAULTS: &str = include_str!("defaults.toml");
@@ -145,13 +147,24 @@ struct RawRegistry {
     #[serde(default)]
     manager: Option<Spanned<RawManager>>,
     #[serde(default)]
+    defaults: Option<Spanned<RawDefaults>>,
+    #[serde(default)]
     daemons: BTreeMap<Spanned<String>, Spanned<RawDaemon>>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawManager {
     port: Option<Spanned<u16>>,
+    /// The manager exits after this long with no daemon running (default: never).
+    idle_timeout: Option<Spanned<DurationValue>>,
+}
+
+/// `[defaults]`: values every daemon gets unless it sets its own.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDefaults {
+    idle_timeout: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize)]
@@ -176,6 +189,8 @@ struct RawDaemon {
     session_idle_timeout: Option<Spanned<DurationValue>>,
     session_grace: Option<Spanned<DurationValue>>,
     max_sessions: Option<Spanned<usize>>,
+    /// Stop the daemon after this long with no open session (`"never"` opts out).
+    idle_timeout: Option<Spanned<DurationValue>>,
     /// `"oauth"`: authorize with OAuth 2.1 (url daemons).
     auth: Option<Spanned<String>>,
     client_id: Option<Spanned<String>>,
@@ -196,6 +211,10 @@ pub struct Registry {
     file: String,
     source: String,
     manager_port: u16,
+    /// `[manager] idle-timeout`: `None` = the manager never exits on its own.
+    manager_idle_timeout: Option<Duration>,
+    /// `[defaults] idle-timeout`: `None` = never.
+    idle_timeout: Option<Duration>,
     daemons: BTreeMap<String, Spanned<RawDaemon>>,
 }
 
@@ -234,6 +253,8 @@ pub struct DaemonSpec {
     pub session_grace: Duration,
     /// For `transport = "stdio"`: the most server processes at once (per-project, isolated).
     pub max_sessions: usize,
+    /// Stop it after this long with no open session; `None` = never (`idle-timeout`).
+    pub idle_timeout: Option<Duration>,
     /// `file:line` of the daemon's table, for messages.
     pub defined_at: String,
     /// For a stdio daemon the manager runs: the secret its host wants on every request
@@ -328,8 +349,30 @@ impl Registry {
             Some(port) => *port.get_ref(),
             None => DEFAULT_MANAGER_PORT,
         };
+        let optional =
+            |value: Option<&Spanned<DurationValue>>, default: Option<Duration>| match value {
+                None => Ok(default),
+                Some(value) => parse_optional_duration(value.get_ref())
+                    .map_err(|m| located(value.span(), m, None)),
+            };
+        let manager_idle_timeout = optional(
+            raw.manager
+                .as_ref()
+                .and_then(|m| m.get_ref().idle_timeout.as_ref()),
+            None,
+        )?;
+        let idle_timeout = optional(
+            raw.defaults
+                .as_ref()
+                .and_then(|d| d.get_ref().idle_timeout.as_ref()),
+            Some(DEFAULT_IDLE_TIMEOUT),
+        )?;
         let mut daemons = BTreeMap::new();
         for (name, daemon) in raw.daemons {
+            if let Some(value) = &daemon.get_ref().idle_timeout {
+                parse_optional_duration(value.get_ref())
+                    .map_err(|m| located(value.span(), m, None))?;
+            }
             validate_daemon(&name, &daemon, &located)?;
             daemons.insert(name.into_inner(), daemon);
         }
@@ -338,6 +381,8 @@ impl Registry {
             file: file.to_owned(),
             source,
             manager_port,
+            manager_idle_timeout,
+            idle_timeout,
             daemons,
         })
     }
@@ -348,6 +393,12 @@ impl Registry {
 
     pub fn manager_port(&self) -> u16 {
         self.manager_port
+    }
+
+    /// `[manager] idle-timeout`: how long the manager stays with no daemon running (`None`:
+    /// until stopped).
+    pub fn manager_idle_timeout(&self) -> Option<Duration> {
+        self.manager_idle_timeout
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -399,6 +450,12 @@ impl Registry {
         let session_idle_timeout =
             duration(&body.session_idle_timeout, DEFAULT_SESSION_IDLE_TIMEOUT)?;
         let session_grace = duration(&body.session_grace, DEFAULT_SESSION_GRACE)?;
+        let idle_timeout = match &body.idle_timeout {
+            None => self.idle_timeout,
+            Some(value) => {
+                parse_optional_duration(value.get_ref()).map_err(|m| located(value.span(), m))?
+            }
+        };
         let max_sessions = body
             .max_sessions
             .as_ref()
@@ -528,6 +585,7 @@ impl Registry {
             session_idle_timeout,
             session_grace,
             max_sessions,
+            idle_timeout,
             defined_at: format!(
                 "{}:{}",
                 self.file,
@@ -673,6 +731,7 @@ fn validate_daemon(
                 ("health-interval", body.health_interval.as_ref().map(Spanned::span)),
                 ("startup-timeout", body.startup_timeout.as_ref().map(Spanned::span)),
                 ("sharing", body.sharing.as_ref().map(Spanned::span)),
+                ("idle-timeout", body.idle_timeout.as_ref().map(Spanned::span)),
             ];
             if let Some(transport) = body.transport.as_ref().filter(|t| *t.get_ref() == TransportKind::Stdio) {
                 return Err(located(
@@ -776,7 +835,22 @@ fn parse_duration(value: &DurationValue) -> Result<Duration, String> {
     }
 }
 
-/// `"500ms"`, `"30s"`, `"2m"` or a bare number of seconds.
+/// A duration, or `"never"` (`None`). Zero is refused: it would stop a daemon at once.
+fn parse_optional_duration(value: &DurationValue) -> Result<Option<Duration>, String> {
+    if let DurationValue::Text(text) = value {
+        if text.trim() == "never" {
+            return Ok(None);
+        }
+    }
+    match parse_duration(value)? {
+        d if d.is_zero() => {
+            Err("an idle timeout must be longer than 0; write \"never\" to turn it off".to_owned())
+        }
+        d => Ok(Some(d)),
+    }
+}
+
+/// `"500ms"`, `"30s"`, `"2m"`, `"1h"` or a bare number of seconds.
 pub fn parse_duration_text(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let digits = text
@@ -790,9 +864,10 @@ pub fn parse_duration_text(text: &str) -> Result<Duration, String> {
         "ms" => number / 1000.0,
         "s" | "" => number,
         "m" => number * 60.0,
+        "h" => number * 3600.0,
         other => {
             return Err(format!(
-                "unknown duration unit `{other}` in `{text}`; use ms, s or m"
+                "unknown duration unit `{other}` in `{text}`; use ms, s, m or h"
             ))
         }
     };
@@ -1071,6 +1146,47 @@ headers = { Authorization = "Bearer ${MCPSM_TEST_TOKEN}" }
             Ok(Duration::from_secs(5))
         );
         assert!(d("soon").is_err());
-        assert!(d("3h").is_err());
+        assert_eq!(d("1h"), Ok(Duration::from_secs(3600)));
+        assert!(d("3d").is_err());
+    }
+
+    #[test]
+    fn idle_timeouts_default_inherit_and_opt_out() {
+        let registry = parse(
+            r#"
+[manager]
+idle-timeout = "30m"
+[defaults]
+idle-timeout = "2s"
+[daemons.a]
+command = "x"
+port = 4001
+[daemons.b]
+command = "x"
+port = 4002
+idle-timeout = "never"
+[daemons.c]
+command = "x"
+port = 4003
+idle-timeout = "5m"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            registry.manager_idle_timeout(),
+            Some(Duration::from_secs(1800))
+        );
+        let idle = |n: &str| registry.daemon(n).expect("daemon").idle_timeout;
+        assert_eq!(idle("a"), Some(Duration::from_secs(2)));
+        assert_eq!(idle("b"), None);
+        assert_eq!(idle("c"), Some(Duration::from_secs(300)));
+        let plain = parse("[daemons.a]\ncommand = \"x\"\nport = 4001\n").expect("valid");
+        assert_eq!(plain.manager_idle_timeout(), None);
+        assert_eq!(
+            plain.daemon("a").expect("daemon").idle_timeout,
+            Some(DEFAULT_IDLE_TIMEOUT)
+        );
+        let zero = error("[daemons.a]\ncommand = \"x\"\nport = 4001\nidle-timeout = \"0s\"\n");
+        assert!(zero.contains(":4:") && zero.contains("never"), "{zero}");
     }
 }

@@ -34,17 +34,18 @@ use crate::supervise::client::{self, ClientError, ManagerClient};
 use crate::supervise::daemon::{unix_now, Context};
 use crate::supervise::manager::{Manager, ManagerError};
 use crate::supervise::state::{ManagerState, StateFile};
-use crate::supervise::{logs, process};
+use crate::supervise::{idle, logs, process};
 
 const BODY_LIMIT: usize = 16 * 1024;
 const DETACH_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub async fn run(args: ManagerArgs, settings: Settings) -> anyhow::Result<ExitCode> {
-    let port = settings.registry()?.manager_port();
+    let registry = settings.registry()?;
+    let port = registry.manager_port();
     match (args.action, args.detach) {
         (Some(ManagerAction::Stop), _) => stop(&settings, port).await,
         (None, true) => detach(&settings, port).await,
-        (None, false) => serve(settings, port).await,
+        (None, false) => serve(settings, port, registry.manager_idle_timeout()).await,
     }
 }
 
@@ -147,7 +148,11 @@ struct App {
 
 /// Runs the manager in the foreground until SIGTERM/SIGINT (daemons keep running, for the next
 /// manager to adopt) or `POST /shutdown` (daemons are stopped).
-async fn serve(settings: Settings, port: u16) -> anyhow::Result<ExitCode> {
+async fn serve(
+    settings: Settings,
+    port: u16,
+    idle_exit: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
     let paths = settings.paths.clone();
     paths
         .create_dirs()
@@ -241,7 +246,10 @@ async fn serve(settings: Settings, port: u16) -> anyhow::Result<ExitCode> {
                 () = stopping.cancelled() => break,
             }
         }
+        // Ends the session leases' streams, so the graceful stop does not wait for them.
+        stopping.cancel();
     };
+    tokio::spawn(watch_idle(app.clone(), idle_exit));
     crate::serve::serve(listener, router(app.clone()), stop)
         .await
         .context("serving the manager API")?;
@@ -261,6 +269,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/restart", post(|s, b| daemon_action(s, b, "restart")))
         .route("/ensure", post(|s, b| daemon_action(s, b, "ensure")))
         .route("/recovered", post(|s, b| daemon_action(s, b, "recovered")))
+        .route("/session", post(session))
         .route("/start-all", post(start_all))
         .route("/stop-all", post(stop_all))
         .route("/shutdown", post(shutdown))
@@ -370,6 +379,71 @@ fn manager_error(e: ManagerError) -> Response {
             Json(json!({ "error": message, "daemon": status })),
         )
             .into_response(),
+    }
+}
+
+/// `POST /session {"name": N}`: a proxy's lease on daemon N. The answer streams a newline
+/// every [`idle::LEASE_PING`] for as long as the proxy keeps the connection; when a write
+/// fails (the proxy is gone) or the manager stops, the lease ends.
+async fn session(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    let Ok(NameBody { name }) = serde_json::from_slice(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            r#"the body must be {"name": "DAEMON"}"#,
+        );
+    };
+    let lease = match app.manager.open_session(&name).await {
+        Ok(lease) => lease,
+        Err(e) => return manager_error(e),
+    };
+    let exit = app.exit.clone();
+    let pings = futures_util::stream::unfold((lease, true), move |(lease, first)| {
+        let exit = exit.clone();
+        async move {
+            if !first {
+                // Cancel-safe: a sleep and a token.
+                tokio::select! {
+                    () = tokio::time::sleep(idle::LEASE_PING) => {}
+                    () = exit.cancelled() => return None,
+                }
+            }
+            Some((
+                Ok::<_, std::convert::Infallible>(Bytes::from_static(b"\n")),
+                (lease, false),
+            ))
+        }
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain")],
+        axum::body::Body::from_stream(pings),
+    )
+        .into_response()
+}
+
+/// Stops daemons idle past their `idle-timeout`, and ends the manager after `idle_exit` with
+/// no daemon running.
+async fn watch_idle(app: Arc<App>, idle_exit: Option<Duration>) {
+    let mut busy_at = Instant::now();
+    loop {
+        // Cancel-safe: a sleep and a token.
+        tokio::select! {
+            () = tokio::time::sleep(idle::CHECK_INTERVAL) => {}
+            () = app.exit.cancelled() => return,
+        }
+        app.manager.stop_idle().await;
+        let Some(idle_exit) = idle_exit else {
+            continue;
+        };
+        if app.manager.any_running().await {
+            busy_at = Instant::now();
+        } else if busy_at.elapsed() >= idle_exit {
+            info!(
+                "exiting: no daemon has run for {}s ([manager] idle-timeout {idle_exit:?})",
+                busy_at.elapsed().as_secs()
+            );
+            app.exit.cancel();
+            return;
+        }
     }
 }
 

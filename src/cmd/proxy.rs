@@ -37,6 +37,8 @@ use crate::transport::{Authorizer, EnsureFn, Hooks, Options, Upstream};
 
 /// How long a failed ensure is the answer before it is tried again.
 const ENSURE_RETRY: Duration = Duration::from_secs(2);
+/// Pause before a session lease is opened again after the manager went away.
+const LEASE_RETRY: Duration = Duration::from_millis(500);
 /// How long requests still in flight at stdin EOF may take to finish.
 const EOF_GRACE: Duration = Duration::from_secs(5);
 /// Bound on the best-effort DELETE at exit.
@@ -99,6 +101,10 @@ pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<E
                         // Start ensuring now, while the client is still starting up.
                         let early = gate.clone();
                         tokio::spawn(async move { early.pass().await });
+                        // The session's lease: the daemon is not stopped as idle while the
+                        // proxy lives.
+                        let holder = gate.clone();
+                        tokio::spawn(async move { holder.hold_session().await });
                     }
                     Backend::Upstream(upstream, gate)
                 }
@@ -378,6 +384,20 @@ impl Gate {
                 *last = Some((Instant::now(), why.clone()));
                 Err(why)
             }
+        }
+    }
+
+    /// Holds this session's lease with the manager for the proxy's whole life, opening it
+    /// again whenever the manager went away (a restarted manager learns of it within a
+    /// second or so of answering).
+    async fn hold_session(&self) {
+        let client = ManagerClient::new(&self.paths, self.manager_port);
+        loop {
+            match client.hold_session(&self.name).await {
+                Ok(()) => debug!("the manager ended the session lease; opening it again"),
+                Err(e) => debug!("holding the session lease failed: {e}"),
+            }
+            tokio::time::sleep(LEASE_RETRY).await;
         }
     }
 

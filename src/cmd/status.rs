@@ -67,6 +67,35 @@ pub async fn run(args: StatusArgs, settings: Settings) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+/// Sessions and idle shutdown: `sessions: 2`, `idle 3m, stops in 7m (idle-timeout 10m)`,
+/// `stopped after 10m without a session, 4m ago`.
+fn idle_line(daemon: &DaemonStatus) -> Option<String> {
+    let now = crate::supervise::daemon::unix_now();
+    if daemon.sessions > 0 {
+        return Some(format!("sessions: {}", daemon.sessions));
+    }
+    let timeout = daemon
+        .idle_timeout()
+        .map_or("never".to_owned(), |t| human_duration(t.as_secs()));
+    if let Some(idle) = daemon.idle_secs {
+        let stop = daemon
+            .idle_stop_in_secs
+            .map_or("never stops".to_owned(), |s| {
+                format!("stops in {}", human_duration(s))
+            });
+        return Some(format!(
+            "sessions: 0, idle {}, {stop} (idle-timeout {timeout})",
+            human_duration(idle)
+        ));
+    }
+    daemon.idle_stopped_at.map(|at| {
+        format!(
+            "stopped {} ago: no session for its idle-timeout ({timeout}); the next proxy starts it",
+            human_duration(now.saturating_sub(at))
+        )
+    })
+}
+
 fn print_table(daemons: &[DaemonStatus], verbose: bool) {
     if daemons.is_empty() {
         println!("no daemons in the registry");
@@ -125,6 +154,9 @@ fn print_table(daemons: &[DaemonStatus], verbose: bool) {
                 )
             });
             println!("  sessions recovered: {}{ago}", daemon.sessions_recovered);
+        }
+        if let Some(line) = idle_line(daemon) {
+            println!("  {line}");
         }
         if verbose {
             print_launch(daemon);

@@ -125,6 +125,25 @@ impl ManagerClient {
         self.call(request).await
     }
 
+    /// `POST /session`: holds a client session of daemon `name` open (see
+    /// [`super::idle`]) until the manager ends it or goes away; returns then.
+    pub async fn hold_session(&self, name: &str) -> Result<(), ClientError> {
+        let request = self.post("session", &json!({ "name": name }))?;
+        let mut response = request.send().await.map_err(|e| self.http_error(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.map_err(|e| self.http_error(&e))?;
+            return Err(api_error(status, &String::from_utf8_lossy(&body)));
+        }
+        while response
+            .chunk()
+            .await
+            .map_err(|e| self.http_error(&e))?
+            .is_some()
+        {}
+        Ok(())
+    }
+
     /// `POST /start-all`, `/stop-all` or `/shutdown`.
     pub async fn action(&self, action: &str) -> Result<Value, ClientError> {
         let request = self.post(action, &json!({}))?;

@@ -116,6 +116,21 @@ pub struct DaemonStatus {
     /// The names of the variables of its environment, sorted; never their values.
     #[serde(default)]
     pub env_keys: Vec<String>,
+    /// Its `idle-timeout` in milliseconds; `None`: never stopped for want of sessions.
+    #[serde(default)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Open client sessions: proxies holding a lease with the manager.
+    #[serde(default)]
+    pub sessions: u32,
+    /// A running daemon with no session: for how long it has had none.
+    #[serde(default)]
+    pub idle_secs: Option<u64>,
+    /// A running daemon with no session: in how many seconds the manager stops it.
+    #[serde(default)]
+    pub idle_stop_in_secs: Option<u64>,
+    /// Unix seconds when the manager last stopped it for having no session.
+    #[serde(default)]
+    pub idle_stopped_at: Option<u64>,
 }
 
 impl DaemonStatus {
@@ -146,7 +161,21 @@ impl DaemonStatus {
             }),
             cwd: None,
             env_keys: Vec::new(),
+            idle_timeout_ms: spec
+                .launch
+                .as_ref()
+                .and(spec.idle_timeout)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            sessions: 0,
+            idle_secs: None,
+            idle_stop_in_secs: None,
+            idle_stopped_at: None,
         }
+    }
+
+    /// Its `idle-timeout`, `None` for never.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout_ms.map(Duration::from_millis)
     }
 
     /// Fills `uptime_secs` from `started_at`, as of now.
@@ -207,6 +236,10 @@ enum Command {
     /// The manager is exiting: stop the daemon, or leave it running for the next manager.
     /// A proxy reconnected a client session to this daemon.
     Recovered,
+    /// No session for `idle_for`: stop a ready daemon (the next `ensure` starts it again).
+    IdleStop {
+        idle_for: Duration,
+    },
     Shutdown {
         stop: bool,
         ack: oneshot::Sender<()>,
@@ -312,6 +345,13 @@ impl DaemonHandle {
     pub async fn recovered(&self) -> DaemonStatus {
         let _ = self.commands.send(Command::Recovered).await;
         self.status()
+    }
+
+    /// Stops the daemon for having had no session for `idle_for`, if it is still ready when
+    /// the actor gets to it. Returns once the command is queued, so a start sent after it
+    /// runs after it.
+    pub async fn stop_idle(&self, idle_for: Duration) {
+        let _ = self.commands.send(Command::IdleStop { idle_for }).await;
     }
 
     pub async fn shutdown(&self, stop: bool) {
@@ -454,6 +494,10 @@ impl Actor {
             status.url = self.spec.url.to_string();
             status.transport = self.spec.transport.as_str().to_owned();
             status.port = self.spec.launch.as_ref().map(|l| l.port);
+            status.idle_timeout_ms = self
+                .spec
+                .idle_timeout
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
             if self.running.is_none() {
                 status.adopted = false;
             }
@@ -485,6 +529,8 @@ impl Actor {
             Command::Stop { ack } => {
                 self.stop().await;
                 self.publish(DaemonState::Stopped, None);
+                self.status
+                    .send_modify(|status| status.idle_stopped_at = None);
                 let _ = ack.send(());
                 false
             }
@@ -493,6 +539,21 @@ impl Actor {
                     status.sessions_recovered += 1;
                     status.last_recovery = Some(unix_now());
                 });
+                false
+            }
+            Command::IdleStop { idle_for } => {
+                if self.state() == DaemonState::Ready {
+                    info!(
+                        daemon = %self.spec.name,
+                        "stopping: no client session for {}s (idle-timeout {:?}); the next proxy starts it again",
+                        idle_for.as_secs(),
+                        self.spec.idle_timeout.unwrap_or_default()
+                    );
+                    self.stop().await;
+                    self.publish(DaemonState::Stopped, Some(None));
+                    self.status
+                        .send_modify(|status| status.idle_stopped_at = Some(unix_now()));
+                }
                 false
             }
             Command::Shutdown { stop, ack } => {
@@ -532,6 +593,7 @@ impl Actor {
         self.status.send_modify(|status| {
             status.cwd = launch.cwd.as_ref().map(|d| d.display().to_string());
             status.env_keys = environment::keys_of(&launch.env);
+            status.idle_stopped_at = None;
         });
         let launch = match stdio_host_launch(&self.spec, launch) {
             Ok(launch) => launch,

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::daemon::{unix_now, Adopted, Context, DaemonHandle, DaemonState, DaemonStatus};
+use super::idle::{self, Lease, Leases};
 use super::probe::probe;
 use super::process;
 use super::secret;
@@ -65,6 +66,11 @@ pub struct Manager {
     registry_path: PathBuf,
     registry_explicit: bool,
     daemons: tokio::sync::Mutex<BTreeMap<String, DaemonHandle>>,
+    /// Open client sessions per daemon (see [`idle`]).
+    leases: Leases,
+    /// Held while an idle daemon is chosen and its stop queued, and by every start before it
+    /// restarts the idle clock: a daemon being ensured is never stopped as idle.
+    idle_gate: tokio::sync::Mutex<()>,
     pub info: ManagerInfo,
 }
 
@@ -88,6 +94,8 @@ impl Manager {
             registry_path,
             registry_explicit,
             daemons: tokio::sync::Mutex::new(BTreeMap::new()),
+            leases: Leases::default(),
+            idle_gate: tokio::sync::Mutex::new(()),
             info,
         }
     }
@@ -127,19 +135,110 @@ impl Manager {
     /// Starts the daemon unless it runs; waits until it is ready (or cannot be).
     pub async fn ensure(&self, name: &str) -> Result<DaemonStatus, ManagerError> {
         let (handle, spec) = self.daemon(name).await?;
-        ready(handle.start(spec, false).await)
+        self.touch(name).await;
+        self.with_usage(ready(handle.start(spec, false).await))
     }
 
     /// Like `ensure`, but also retries a crash-looping or backing-off daemon at once.
     pub async fn start(&self, name: &str) -> Result<DaemonStatus, ManagerError> {
         let (handle, spec) = self.daemon(name).await?;
-        ready(handle.start(spec, true).await)
+        self.touch(name).await;
+        self.with_usage(ready(handle.start(spec, true).await))
+    }
+
+    /// Restarts the idle clock of `name`, after any idle stop already decided was queued.
+    async fn touch(&self, name: &str) {
+        let _gate = self.idle_gate.lock().await;
+        self.leases.touch(name);
+    }
+
+    /// Opens a client session of daemon `name` (a proxy's lease): the daemon is not stopped
+    /// as idle while the lease lives. Refuses names the registry does not know.
+    pub async fn open_session(&self, name: &str) -> Result<Lease, ManagerError> {
+        let registry = self.registry()?;
+        if !registry.names().any(|n| n == name) {
+            return Err(ManagerError::UnknownDaemon {
+                name: name.to_owned(),
+                known: registry.names().map(str::to_owned).collect(),
+            });
+        }
+        let _gate = self.idle_gate.lock().await;
+        Ok(self.leases.open(name))
+    }
+
+    /// Fills the session count and idle figures of a status.
+    fn usage_of(&self, mut status: DaemonStatus) -> DaemonStatus {
+        let usage = self.leases.usage(&status.name);
+        status.sessions = usage.sessions;
+        let running = matches!(status.state, DaemonState::Ready | DaemonState::Starting);
+        if running && usage.sessions == 0 {
+            status.idle_secs = Some(usage.idle_for.as_secs());
+            status.idle_stop_in_secs = idle::stop_in(usage, status.idle_timeout())
+                .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+        }
+        status
+    }
+
+    fn with_usage(
+        &self,
+        result: Result<DaemonStatus, ManagerError>,
+    ) -> Result<DaemonStatus, ManagerError> {
+        result.map(|status| self.usage_of(status))
+    }
+
+    /// Stops every ready daemon that has had no session for its `idle-timeout`. A hosted
+    /// stdio daemon whose host still serves a connected session (a client without a proxy)
+    /// is not idle.
+    pub async fn stop_idle(&self) {
+        let handles = self.daemons.lock().await.clone();
+        for (name, handle) in handles {
+            let status = handle.status();
+            if status.state != DaemonState::Ready {
+                continue;
+            }
+            let gate = self.idle_gate.lock().await;
+            let usage = self.leases.usage(&name);
+            if idle::stop_in(usage, status.idle_timeout()) != Some(Duration::ZERO) {
+                continue;
+            }
+            if status.transport == TransportKind::Stdio.as_str() {
+                if let Some(port) = status.port {
+                    // Asked without the gate: the host may take up to a second to answer.
+                    drop(gate);
+                    let secret = secret::host_secret(&self.context.token, &name);
+                    let report = crate::host::fetch_status(port, &secret).await;
+                    if report.as_ref().is_some_and(host_has_connected_session) {
+                        self.leases.touch(&name);
+                        continue;
+                    }
+                    let _gate = self.idle_gate.lock().await;
+                    let usage = self.leases.usage(&name);
+                    if idle::stop_in(usage, status.idle_timeout()) == Some(Duration::ZERO) {
+                        handle.stop_idle(usage.idle_for).await;
+                    }
+                    continue;
+                }
+            }
+            handle.stop_idle(usage.idle_for).await;
+            drop(gate);
+        }
+    }
+
+    /// Whether any daemon runs (or is being started, or has a session open).
+    pub async fn any_running(&self) -> bool {
+        let handles = self.daemons.lock().await.clone();
+        handles.iter().any(|(name, handle)| {
+            !matches!(
+                handle.status().state,
+                DaemonState::Stopped | DaemonState::Failed | DaemonState::External
+            ) || self.leases.usage(name).sessions > 0
+        })
     }
 
     pub async fn stop(&self, name: &str) -> Result<DaemonStatus, ManagerError> {
         let existing = self.daemons.lock().await.get(name).cloned();
         match existing {
-            Some(handle) => Ok(handle.stop().await.with_uptime()),
+            Some(handle) => Ok(self.usage_of(handle.stop().await.with_uptime())),
             // Nothing runs; still say so for a known name, and refuse an unknown one.
             None => self.daemon(name).await.map(|(handle, _)| handle.status()),
         }
@@ -154,14 +253,15 @@ impl Manager {
     pub async fn restart(&self, name: &str) -> Result<DaemonStatus, ManagerError> {
         let (handle, spec) = self.daemon(name).await?;
         handle.stop().await;
-        ready(handle.start(spec, true).await)
+        self.touch(name).await;
+        self.with_usage(ready(handle.start(spec, true).await))
     }
 
     pub async fn status(&self) -> StatusReport {
         let handles = self.daemons.lock().await.clone();
         let mut daemons: BTreeMap<String, DaemonStatus> = handles
             .iter()
-            .map(|(name, handle)| (name.clone(), handle.status().with_uptime()))
+            .map(|(name, handle)| (name.clone(), self.usage_of(handle.status().with_uptime())))
             .collect();
         let hosts = daemons.values().filter_map(|status| {
             let port = status.port?;
@@ -286,6 +386,19 @@ impl Manager {
             }
         }
     }
+}
+
+/// Whether a stdio host's `GET /mcpsm/status` report lists a session with its GET stream open.
+fn host_has_connected_session(report: &serde_json::Value) -> bool {
+    report["children"].as_array().is_some_and(|children| {
+        children.iter().any(|child| {
+            child["sessions"].as_array().is_some_and(|sessions| {
+                sessions
+                    .iter()
+                    .any(|s| s["connected"].as_bool() == Some(true))
+            })
+        })
+    })
 }
 
 fn ready(result: Result<DaemonStatus, DaemonStatus>) -> Result<DaemonStatus, ManagerError> {

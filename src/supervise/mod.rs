@@ -8,11 +8,13 @@
 //! stops it by process group. [`manager`] maps names to actors, re-reading the registry on
 //! each request; [`state`] records running daemons in `manager.json` so that a manager
 //! started after a crash adopts them (pid + start time + an MCP answer, never the pid
-//! alone). [`client`] is the API's client, and starts a detached manager when none answers.
+//! alone). [`idle`] counts each daemon's open client sessions (proxy leases) and says when
+//! one with none is stopped. [`client`] is the API's client, and starts a detached manager when none answers.
 
 pub mod client;
 pub mod daemon;
 pub mod environment;
+pub mod idle;
 pub mod log_writer;
 pub mod logs;
 pub mod manager;

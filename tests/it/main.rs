@@ -13,6 +13,7 @@ mod faults;
 mod hardening;
 mod host;
 mod ids;
+mod lifecycle;
 mod manager;
 mod oauth;
 mod properties;
