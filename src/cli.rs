@@ -172,6 +172,17 @@ name the registry already uses for another server gets a new name (NAME-2), show
 summary. Both files are written atomically, each with a timestamped backup.")]
     Import(ImportArgs),
 
+    /// Start the manager at login: a systemd user unit, a launchd agent or a logon task
+    #[command(after_help = "\
+Examples:
+  mcpsm service install                   Linux: ~/.config/systemd/user/mcpsm.service, enabled
+  mcpsm service install --start-all       also start every daemon when the manager starts
+  mcpsm service install --start memory    also start daemon `memory`
+  mcpsm service status                    where it is installed, and whether it is enabled
+  mcpsm service uninstall                 disable it and remove the file
+  mcpsm service install --dir /tmp/x --os macos   only write the file (here: a launchd plist)")]
+    Service(ServiceArgs),
+
     /// Print a daemon's log ($MCPSM_HOME/logs/NAME.log)
     #[command(after_help = "\
 Examples:
@@ -315,8 +326,57 @@ pub struct ManagerArgs {
     #[arg(long)]
     pub detach: bool,
 
+    /// Start every daemon of the registry once the manager runs (warm them)
+    #[arg(long)]
+    pub start_all: bool,
+
+    /// Start daemon NAME once the manager runs (repeatable)
+    #[arg(long = "start", value_name = "NAME")]
+    pub start: Vec<String>,
+
     #[command(subcommand)]
     pub action: Option<ManagerAction>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    #[command(subcommand)]
+    pub action: ServiceAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceAction {
+    /// Register the manager as a per-user service started at login
+    Install(ServiceInstallArgs),
+    /// Unregister it and remove its file
+    Uninstall(ServiceTargetArgs),
+    /// Say whether it is installed, where, and the service manager's view of it
+    Status(ServiceTargetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceInstallArgs {
+    /// Start every daemon when the manager starts
+    #[arg(long)]
+    pub start_all: bool,
+
+    /// Start daemon NAME when the manager starts (repeatable)
+    #[arg(long = "start", value_name = "NAME")]
+    pub start: Vec<String>,
+
+    #[command(flatten)]
+    pub target: ServiceTargetArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceTargetArgs {
+    /// Only write (or remove) the file in DIR; do not register it with the service manager
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
+
+    /// The OS whose service file to write (default: this one): linux, macos, windows
+    #[arg(long, value_name = "OS", requires = "dir")]
+    pub os: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -53,7 +53,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
                 "  Cleaned up: proxies closed, manager and daemon stopped, {} removed.",
                 home.path().display()
             );
-            println!("  Next: describe your servers in ~/.mcp-session-manager/daemons.toml (or `mcpsm import`), then `mcpsm generate-config`.");
+            println!("  Next: `mcpsm import --dry-run`, then `mcpsm import`: your client's own servers become shared daemons (`mcpsm import --undo` puts the client's file back).");
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

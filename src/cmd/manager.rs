@@ -45,7 +45,13 @@ pub async fn run(args: ManagerArgs, settings: Settings) -> anyhow::Result<ExitCo
     match (args.action, args.detach) {
         (Some(ManagerAction::Stop), _) => stop(&settings, port).await,
         (None, true) => detach(&settings, port).await,
-        (None, false) => serve(settings, port, registry.manager_idle_timeout()).await,
+        (None, false) => {
+            let warm = Warm {
+                all: args.start_all,
+                names: args.start,
+            };
+            serve(settings, port, registry.manager_idle_timeout(), warm).await
+        }
     }
 }
 
@@ -152,6 +158,7 @@ async fn serve(
     settings: Settings,
     port: u16,
     idle_exit: Option<Duration>,
+    warm: Warm,
 ) -> anyhow::Result<ExitCode> {
     let paths = settings.paths.clone();
     paths
@@ -250,6 +257,7 @@ async fn serve(
         stopping.cancel();
     };
     tokio::spawn(watch_idle(app.clone(), idle_exit));
+    tokio::spawn(warm_up(app.clone(), warm));
     crate::serve::serve(listener, router(app.clone()), stop)
         .await
         .context("serving the manager API")?;
@@ -418,6 +426,30 @@ async fn session(State(app): State<Arc<App>>, body: Bytes) -> Response {
         axum::body::Body::from_stream(pings),
     )
         .into_response()
+}
+
+/// `--start-all` / `--start NAME`: daemons to start as soon as the manager runs.
+struct Warm {
+    all: bool,
+    names: Vec<String>,
+}
+
+async fn warm_up(app: Arc<App>, warm: Warm) {
+    if warm.all {
+        match app.manager.start_all().await {
+            Ok(results) => {
+                for result in results.into_iter().filter_map(Result::err) {
+                    warn!("--start-all: {result}");
+                }
+            }
+            Err(e) => warn!("--start-all: {e}"),
+        }
+    }
+    for name in &warm.names {
+        if let Err(e) = app.manager.start(name).await {
+            warn!("--start {name}: {e}");
+        }
+    }
 }
 
 /// Stops daemons idle past their `idle-timeout`, and ends the manager after `idle_exit` with

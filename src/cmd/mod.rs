@@ -11,6 +11,7 @@ mod login;
 mod logs;
 mod manager;
 mod proxy;
+mod service;
 mod status;
 
 use std::path::PathBuf;
@@ -93,6 +94,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Doctor(args) => doctor::run(args, settings).await,
                 Command::GenerateConfig(args) => generate_config::run(args, settings),
                 Command::Import(args) => import::run(args, settings),
+                Command::Service(args) => service::run(args, settings),
             }
         }
     }

@@ -31,6 +31,9 @@ fn demo_runs_every_step_and_cleans_up() {
         "✓ session B goes on in the same MCP session",
         "6. Clean up",
         "✓ demo complete",
+        // The closing hint moves the user's own servers (keeping their scope), not
+        // generate-config, which would give every project the registry's servers.
+        "Next: `mcpsm import --dry-run`",
     ];
     let mut rest = stdout.as_ref();
     for step in expected {

@@ -113,3 +113,144 @@ fn manager_exits_after_its_idle_timeout_with_no_daemon_running() {
     wait_dead(manager, LIMIT, "the manager, idle with no daemon running");
     assert!(!alive(manager));
 }
+
+/// `mcpsm service install --dir DIR [--os OS] ARGS`: the file it writes.
+fn service_file(home: &ManagedHome, os: &str, extra: &[&str]) -> (std::path::PathBuf, String) {
+    let dir = home.path().join(format!("service-{os}"));
+    let dir_text = dir.display().to_string();
+    let mut args = vec!["service", "install", "--dir", &dir_text, "--os", os];
+    args.extend_from_slice(extra);
+    let ran = home.run(&args);
+    ran.assert_success();
+    let entries: Vec<_> = std::fs::read_dir(&dir)
+        .expect("the service dir")
+        .flatten()
+        .collect();
+    assert_eq!(entries.len(), 1, "one file in {dir_text}: {ran:?}");
+    let path = entries[0].path();
+    let text = std::fs::read_to_string(&path).expect("the service file");
+    (path, text)
+}
+
+#[test]
+fn service_unit_for_systemd_passes_systemd_analyze_verify() {
+    let home = ManagedHome::new("");
+    let (path, unit) = service_file(&home, "linux", &["--start-all"]);
+    assert!(path.ends_with("mcpsm.service"), "{path:?}");
+    assert!(unit.contains("\"manager\" \"--start-all\""), "{unit}");
+    assert!(
+        unit.contains(&format!("MCPSM_HOME={}", home.path().display())),
+        "{unit}"
+    );
+    // systemd-analyze checks the syntax, every directive, and that ExecStart exists and is
+    // executable. It needs no running systemd with --man=no and a plain file path.
+    let output = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no", "--recursive-errors=no"])
+        .arg(&path)
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        .output()
+        .expect("systemd-analyze is installed (tests/support/setup.sh)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The container has no user manager: only lines about the unit itself matter.
+    let about_unit: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("mcpsm.service"))
+        .collect();
+    assert!(
+        about_unit.is_empty(),
+        "systemd-analyze verify found problems:\n{said}\n--- unit ---\n{unit}"
+    );
+    // And it does look: a broken copy of the unit is refused.
+    let broken = path.with_file_name("broken.service");
+    std::fs::write(
+        &broken,
+        unit.replace("Restart=on-failure", "Restart=whenever"),
+    )
+    .expect("write");
+    let output = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no", "--recursive-errors=no"])
+        .arg(&broken)
+        .output()
+        .expect("systemd-analyze");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("broken.service"),
+        "verify must notice a bad value: {said}"
+    );
+}
+
+#[test]
+fn service_plist_for_launchd_parses_with_plistlib() {
+    let home = ManagedHome::new("");
+    let (path, _) = service_file(&home, "macos", &["--start", "a&b"]);
+    let script =
+        "import plistlib,sys,json; d=plistlib.load(open(sys.argv[1],'rb')); print(json.dumps(d))";
+    let output = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .output()
+        .expect("python3");
+    assert!(
+        output.status.success(),
+        "plistlib refused it: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let plist: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(plist["Label"], "dev.mcpsm.manager");
+    assert_eq!(plist["RunAtLoad"], true);
+    let args = plist["ProgramArguments"]
+        .as_array()
+        .expect("ProgramArguments");
+    assert!(
+        args[0].as_str().is_some_and(|p| p.ends_with("mcpsm")),
+        "{plist}"
+    );
+    assert_eq!(
+        args[1..],
+        [
+            serde_json::json!("manager"),
+            serde_json::json!("--start"),
+            serde_json::json!("a&b")
+        ],
+        "{plist}"
+    );
+    assert_eq!(
+        plist["EnvironmentVariables"]["MCPSM_HOME"],
+        home.path().display().to_string()
+    );
+}
+
+#[test]
+fn service_task_for_windows_is_task_scheduler_xml() {
+    let home = ManagedHome::new("");
+    let (path, _) = service_file(&home, "windows", &["--start-all"]);
+    let script = "import sys,xml.etree.ElementTree as E; ns={'t':'http://schemas.microsoft.com/windows/2004/02/mit/task'}; r=E.parse(sys.argv[1]).getroot(); print(r.find('t:Triggers/t:LogonTrigger/t:Enabled',ns).text, r.find('t:Actions/t:Exec/t:Arguments',ns).text)";
+    let output = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .output()
+        .expect("python3");
+    assert!(
+        output.status.success(),
+        "not XML: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "true manager --start-all"
+    );
+    let ran = home.run(&[
+        "service",
+        "uninstall",
+        "--dir",
+        &path.parent().expect("dir").display().to_string(),
+        "--os",
+        "windows",
+    ]);
+    ran.assert_success();
+    assert!(!path.exists());
+}
