@@ -227,6 +227,21 @@ pub struct ImportArgs {
     /// instead of the one import chooses for each
     #[arg(long, value_parser = parse_sharing, conflicts_with = "undo")]
     pub sharing: Option<Sharing>,
+
+    /// Also take over URL servers (`"type": "http"`/`"sse"`, `url`) as url daemons; without it
+    /// they stay as they are (the client speaks HTTP to them itself, and may do its own OAuth)
+    #[arg(long, conflicts_with = "undo")]
+    pub remote: bool,
+
+    /// Write `[manager] port = PORT` into the registry: the manager's loopback port, when
+    /// the default 3199 is taken
+    #[arg(
+        long,
+        env = "MCPSM_MANAGER_PORT",
+        value_name = "PORT",
+        conflicts_with = "undo"
+    )]
+    pub manager_port: Option<u16>,
 }
 
 fn parse_client(text: &str) -> Result<Client, String> {

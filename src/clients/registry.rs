@@ -15,6 +15,8 @@ use crate::config::{Registry, Sharing, DEFAULT_MANAGER_PORT};
 
 /// The first port tried for an imported stdio daemon.
 pub const FIRST_PORT: u16 = 3100;
+/// Another first port for imported daemons (tests, or a machine where 3100 up is taken).
+pub const FIRST_PORT_ENV: &str = "MCPSM_FIRST_PORT";
 
 const NEW_FILE_HEADER: &str = "\
 # mcpsm daemon registry: one [daemons.NAME] table per MCP server (see README.md, \"Registry reference\").
@@ -245,12 +247,41 @@ impl RegistryFile {
         port
     }
 
+    /// The first port from [`FIRST_PORT`] (or `$MCPSM_FIRST_PORT`) that no daemon of the
+    /// registry, nor the manager, uses, and that nothing listens on now.
     fn next_port(&mut self) -> u16 {
-        let port = (FIRST_PORT..=u16::MAX)
-            .find(|p| !self.used_ports.contains(p))
+        let first = std::env::var(FIRST_PORT_ENV)
+            .ok()
+            .and_then(|p| p.parse::<u16>().ok())
+            .filter(|p| *p > 0)
             .unwrap_or(FIRST_PORT);
+        let port = (first..=u16::MAX)
+            .find(|p| !self.used_ports.contains(p) && crate::supervise::process::port_is_free(*p))
+            .unwrap_or(first);
         self.used_ports.push(port);
         port
+    }
+
+    /// The manager's port in the file (`[manager] port`), or the default.
+    pub fn manager_port(&self) -> u16 {
+        self.doc
+            .get("manager")
+            .and_then(|m| m.get("port"))
+            .and_then(Item::as_integer)
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(DEFAULT_MANAGER_PORT)
+    }
+
+    /// Sets `[manager] port`; daemons added later keep off it.
+    pub fn set_manager_port(&mut self, port: u16) {
+        let manager = self
+            .doc
+            .entry("manager")
+            .or_insert_with(|| Item::Table(Table::new()));
+        if let Some(manager) = manager.as_table_like_mut() {
+            manager.insert("port", toml_edit::value(i64::from(port)));
+        }
+        self.used_ports.push(port);
     }
 
     /// The new text, checked with the registry loader; `added` daemons are resolved too.

@@ -48,8 +48,39 @@ pub fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<ExitCode> {
     let mut lines = Vec::new();
     let mut added: Vec<(String, Server)> = Vec::new();
     let mut rewrites: Vec<(String, String)> = Vec::new();
+    let mut manager_note = None;
+    match args.manager_port {
+        Some(0) => anyhow::bail!("--manager-port must be 1-65535"),
+        Some(port) if port != registry.manager_port() => {
+            registry.set_manager_port(port);
+            manager_note = Some(format!(
+                "manager: [manager] port = {port} in {registry_display} (restart a running manager: `mcpsm manager stop`)\n"
+            ));
+        }
+        Some(_) => {}
+        None => {
+            let port = registry.manager_port();
+            let ours = crate::supervise::client::manager_on_other_port(&settings.paths, 0)
+                .is_some_and(|m| m.port == port);
+            if !ours && !crate::supervise::process::port_is_free(port) {
+                manager_note = Some(format!(
+                    "warning: the manager's port {port} is taken: {}\nhint: import again with `--manager-port PORT` (or MCPSM_MANAGER_PORT) to give the manager a free one\n",
+                    crate::supervise::process::describe_port_in_use(port)
+                ));
+            }
+        }
+    }
     for (name, entry) in entries {
         match entry {
+            Entry::Server(Server::Remote(remote)) if !args.remote => lines.push(Line {
+                verb: "left",
+                name,
+                detail: format!(
+                    "URL server {}: the client speaks HTTP to it itself (and may do its own OAuth); `--remote` makes it a url daemon",
+                    remote.url
+                ),
+                sharing: None,
+            }),
             Entry::Server(server) => match registry.place(&name, &server) {
                 Placement::Existing(daemon) => {
                     lines.push(Line {
@@ -161,7 +192,14 @@ pub fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<ExitCode> {
             "sharing: to change a daemon's mode, edit its `sharing` in {registry_display} (shared, per-project or isolated; then `mcpsm restart NAME`), or import with `--sharing MODE` for all\n"
         ));
     }
-    if rewrites.is_empty() {
+    if let Some(note) = &manager_note {
+        out.push_str(note);
+    }
+    if rewrites.is_empty()
+        && !manager_note
+            .as_ref()
+            .is_some_and(|n| n.starts_with("manager:"))
+    {
         out.push_str(&format!(
             "nothing to do: every server in {} that mcpsm can take over already runs through it\n",
             location.display()

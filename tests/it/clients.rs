@@ -255,7 +255,7 @@ fn import_matches_the_goldens_for_every_client() {
         let setup = Setup::new();
         setup.install_registry();
         setup.install(client);
-        let stdout = setup.ok(&["import", "--client", client]);
+        let stdout = setup.ok(&["import", "--client", client, "--remote"]);
         assert_golden(&format!("import/{client}.out"), &stdout);
         let written = setup.read(client_file(client).0);
         assert_golden(&format!("import/{client}.{}", extension(client)), &written);
@@ -791,5 +791,130 @@ fn import_sharing_option_overrides_every_choice() {
     assert!(
         refused.contains("expected shared, per-project or isolated"),
         "{refused}"
+    );
+}
+
+/// Runs `mcpsm ARGS` with extra environment; expects success; returns stdout.
+fn ok_with(setup: &Setup, env: &[(&str, String)], args: &[&str]) -> String {
+    let mut command = setup.command(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("run mcpsm");
+    assert!(
+        output.status.success(),
+        "mcpsm {args:?} failed\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn import_leaves_remote_http_entries_as_they_are_unless_asked() {
+    let setup = Setup::new();
+    setup.install_registry();
+    let (path, before) = setup.install("claude-code");
+    let stdout = setup.ok(&["import"]);
+    assert!(
+        stdout.contains("  left     github ")
+            && stdout.contains("`--remote` makes it a url daemon"),
+        "{stdout}"
+    );
+    let parse =
+        |bytes: &[u8]| -> serde_json::Value { serde_json::from_slice(bytes).expect("json") };
+    let after = parse(&std::fs::read(&path).expect("read"));
+    let before = parse(&before);
+    assert_eq!(
+        after["mcpServers"]["github"],
+        before["mcpServers"]["github"]
+    );
+    assert_eq!(
+        after["mcpServers"]["context7"],
+        before["mcpServers"]["context7"]
+    );
+    assert_eq!(
+        after["mcpServers"]["memory"]["args"][0], "proxy",
+        "stdio servers are still imported"
+    );
+    assert!(!setup.read("daemons.toml").contains("api.githubcopilot.com"));
+    let stdout = setup.ok(&["import", "--remote"]);
+    assert!(
+        stdout.contains("url daemon: https://api.githubcopilot.com/mcp/"),
+        "{stdout}"
+    );
+    let after = parse(&std::fs::read(&path).expect("read"));
+    assert_eq!(
+        after["mcpServers"]["github"]["args"],
+        serde_json::json!(["proxy", "--target", "github"])
+    );
+}
+
+#[test]
+fn import_gives_new_daemons_ports_free_now() {
+    let setup = Setup::new();
+    setup.install_registry();
+    setup.install("claude-code");
+    // Something else listens on the first port import would try.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = held.local_addr().expect("addr").port();
+    let stdout = ok_with(
+        &setup,
+        &[("MCPSM_FIRST_PORT", taken.to_string())],
+        &["import"],
+    );
+    let registry = setup.read("daemons.toml");
+    assert!(
+        !registry.contains(&format!("port = {taken}\n")),
+        "a port in use was given out:\n{registry}"
+    );
+    let given: Vec<u16> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.split("stdio daemon on port ")
+                .nth(1)?
+                .split(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(!given.is_empty(), "{stdout}");
+    for port in given {
+        assert!(port > taken, "{stdout}");
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} is free"
+        );
+    }
+    drop(held);
+}
+
+#[test]
+fn import_manager_port_sets_the_managers_port() {
+    let setup = Setup::new();
+    setup.install("claude-code");
+    let port = crate::support::managed::listen_port();
+    let stdout = setup.ok(&["import", "--manager-port", &port.to_string()]);
+    assert!(
+        stdout.contains(&format!("[manager] port = {port}")),
+        "{stdout}"
+    );
+    let registry = setup.read("daemons.toml");
+    assert!(
+        registry.contains(&format!("[manager]\nport = {port}\n")),
+        "{registry}"
+    );
+    // The environment variable does the same.
+    let other = crate::support::managed::listen_port();
+    ok_with(
+        &setup,
+        &[("MCPSM_MANAGER_PORT", other.to_string())],
+        &["import"],
+    );
+    let registry = setup.read("daemons.toml");
+    assert!(
+        registry.contains(&format!("port = {other}\n")),
+        "{registry}"
     );
 }
