@@ -223,6 +223,11 @@ pub struct ImportArgs {
     #[arg(long)]
     pub undo: bool,
 
+    /// With --undo: restore even though the file changed after mcpsm wrote it (those later
+    /// edits are lost; the replaced text is kept as FILE.mcpsm-undone-…)
+    #[arg(long, requires = "undo")]
+    pub force: bool,
+
     /// The sharing mode of every imported stdio server (shared, per-project or isolated),
     /// instead of the one import chooses for each
     #[arg(long, value_parser = parse_sharing, conflicts_with = "undo")]
@@ -627,6 +632,12 @@ mod readme {
                     "--sharing per-project",
                 )
                 .replace("[--name NAME]", "--name n")
+                .replace("[--remote]", "--remote")
+                .replace("[--manager-port PORT]", "--manager-port 3299")
+                .replace("[--start-all]", "--start-all")
+                .replace("[--start NAME]...", "--start a --start b")
+                .replace("[--os linux|macos|windows]", "--os macos")
+                .replace("[--force]", "--force")
                 .replace("[--session-idle-timeout D]", "--session-idle-timeout 5m")
                 .replace("COMMAND ARGS...", "node server.js")
                 .replace("bash|zsh|fish", "bash")

@@ -18,6 +18,39 @@ use super::Error;
 
 const BACKUP_MARK: &str = ".mcpsm-backup-";
 const UNDONE_MARK: &str = ".mcpsm-undone-";
+/// Beside each backup: the SHA-256 of the text mcpsm wrote then, so `--undo` can tell whether
+/// the file changed since.
+const WROTE_MARK: &str = ".mcpsm-wrote-";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `FILE.mcpsm-wrote-STAMP` for `FILE.mcpsm-backup-STAMP`.
+fn wrote_record(backup: &Path) -> Option<PathBuf> {
+    let name = backup.file_name()?.to_str()?;
+    Some(backup.with_file_name(name.replacen(BACKUP_MARK, WROTE_MARK, 1)))
+}
+
+/// The UTC time in a backup's name, as `2026-12-04 20:14:18 UTC`.
+pub fn backup_time(backup: &Path) -> Option<String> {
+    let name = backup.file_name()?.to_str()?;
+    let stamp = name.rsplit_once(BACKUP_MARK)?.1.get(..15)?;
+    let (d, t) = stamp.split_once('T')?;
+    Some(format!(
+        "{}-{}-{} {}:{}:{} UTC",
+        d.get(..4)?,
+        d.get(4..6)?,
+        d.get(6..8)?,
+        t.get(..2)?,
+        t.get(2..4)?,
+        t.get(4..6)?
+    ))
+}
 
 /// A file's new content.
 #[derive(Debug, Clone)]
@@ -143,6 +176,12 @@ pub fn apply(changes: &[Change], keep: Keep) -> Result<Vec<Written>, Error> {
                 },
             });
         }
+        if let (Keep::Backup, Some(backup)) = (keep, &kept) {
+            // Best effort: without it, undo restores without checking, as before.
+            if let Some(record) = wrote_record(backup) {
+                let _ = std::fs::write(record, sha256_hex(&change.after));
+            }
+        }
         written.push(Written {
             path: change.path.clone(),
             kept,
@@ -261,7 +300,7 @@ pub struct Undo {
 }
 
 /// Plans restoring the newest backup of `path`.
-pub fn plan_undo(path: &Path, display: &str) -> Result<Undo, Error> {
+pub fn plan_undo(path: &Path, display: &str, force: bool) -> Result<Undo, Error> {
     let read_error = |file: &Path, cause| Error::Read {
         file: file.display().to_string(),
         cause,
@@ -278,6 +317,16 @@ pub fn plan_undo(path: &Path, display: &str) -> Result<Undo, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(cause) => return Err(read_error(path, cause)),
     };
+    let wrote = wrote_record(&backup).and_then(|r| std::fs::read_to_string(r).ok());
+    if let (false, Some(wrote), Some(now)) = (force, wrote, &before) {
+        if wrote.trim() != sha256_hex(now) {
+            return Err(Error::ChangedSince {
+                file: display.to_owned(),
+                when: backup_time(&backup).unwrap_or_else(|| "its last change".to_owned()),
+                backup: backup.display().to_string(),
+            });
+        }
+    }
     Ok(Undo {
         backup,
         change: Change {
@@ -292,6 +341,9 @@ pub fn plan_undo(path: &Path, display: &str) -> Result<Undo, Error> {
 /// Restores the backup, keeps the replaced text as an undone file, removes the backup.
 pub fn undo(undo: &Undo) -> Result<Option<Written>, Error> {
     let written = apply(std::slice::from_ref(&undo.change), Keep::Undone)?;
+    if let Some(record) = wrote_record(&undo.backup) {
+        let _ = std::fs::remove_file(record);
+    }
     std::fs::remove_file(&undo.backup).map_err(|cause| Error::Replace {
         file: undo.backup.display().to_string(),
         cause,
@@ -420,7 +472,7 @@ mod tests {
             "two",
         )
         .expect("write");
-        let plan = plan_undo(&file, "settings.json").expect("plan");
+        let plan = plan_undo(&file, "settings.json", false).expect("plan");
         assert!(plan
             .backup
             .ends_with("settings.json.mcpsm-backup-20250102T000000"));
@@ -428,7 +480,7 @@ mod tests {
         assert_eq!(std::fs::read(&file).expect("read"), b"two");
         let undone = written.kept.expect("the replaced text is kept");
         assert_eq!(std::fs::read(undone).expect("read"), b"current");
-        let plan = plan_undo(&file, "settings.json").expect("plan again");
+        let plan = plan_undo(&file, "settings.json", false).expect("plan again");
         assert!(plan
             .backup
             .ends_with("settings.json.mcpsm-backup-20250101T000000"));

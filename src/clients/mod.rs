@@ -448,6 +448,12 @@ pub enum Error {
     },
     #[error("no mcpsm backup of {file} to restore\nhint: backups are named {file}.mcpsm-backup-YYYYMMDDTHHMMSS; mcpsm makes one each time it changes the file")]
     NoBackup { file: String },
+    #[error("{file} changed after mcpsm wrote it at {when} (the client, or you, edited it since), so restoring {backup} would throw those edits away\nhint: `--undo --dry-run` shows what would be lost; `--undo --force` restores it anyway")]
+    ChangedSince {
+        file: String,
+        when: String,
+        backup: String,
+    },
 }
 
 fn scope_hint(client: Client) -> String {

@@ -25,7 +25,7 @@ pub fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<ExitCode> {
     let env = Environment::from_process()?;
     let location = target.client.location(target.scope, &env)?;
     if args.undo {
-        return undo(&location, target.dry_run);
+        return undo(&location, target.dry_run, args.force);
     }
     let proxy = ProxyCommand::current()?;
     let mut file = ClientFile::load(&location)?;
@@ -261,17 +261,27 @@ fn registry_is_default(registry: &RegistryFile, name: &str) -> bool {
     registry.original.is_none() && Registry::embedded().names().any(|n| n == name)
 }
 
-fn undo(location: &Location, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let plan = files::plan_undo(&location.path, &location.display())?;
+fn undo(location: &Location, dry_run: bool, force: bool) -> anyhow::Result<ExitCode> {
+    let plan = files::plan_undo(&location.path, &location.display(), force)?;
     let backup = location.display_other(&plan.backup);
+    let when = files::backup_time(&plan.backup).unwrap_or_else(|| "an unknown time".to_owned());
+    let what = format!(
+        "undoing mcpsm's change of {when} to {}\n",
+        location.describe()
+    );
     if dry_run {
-        let mut out = format!("would restore {} from {backup}\n", location.display());
+        let mut out = what.clone();
+        out.push_str(&format!(
+            "would restore {} from {backup}\n",
+            location.display()
+        ));
         out.push_str(&plan.change.diff());
         out.push_str("dry run: nothing written\n");
         return print(&out);
     }
     let written = files::undo(&plan)?;
-    let mut out = format!("restored {} from {backup}\n", location.display());
+    let mut out = what;
+    out.push_str(&format!("restored {} from {backup}\n", location.display()));
     if let Some(kept) = written.and_then(|w| w.kept) {
         out.push_str(&format!(
             "the text it replaced is in {}\n",

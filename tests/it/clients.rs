@@ -332,7 +332,11 @@ fn import_then_undo_restores_the_original_byte_for_byte() {
         );
         let (relative, _) = client_file(client);
         assert!(
-            stdout.starts_with(&format!(
+            stdout.starts_with("undoing mcpsm's change of "),
+            "{client}: --undo names the change it undoes: {stdout}"
+        );
+        assert!(
+            stdout.contains(&format!(
                 "restored ~/{relative} from ~/{relative}.mcpsm-backup-<TIME>\n"
             )),
             "{client}: {stdout}"
@@ -917,4 +921,40 @@ fn import_manager_port_sets_the_managers_port() {
         registry.contains(&format!("port = {other}\n")),
         "{registry}"
     );
+}
+
+#[test]
+fn undo_refuses_a_file_the_client_changed_since_unless_forced() {
+    let setup = Setup::new();
+    setup.install_registry();
+    let (path, original) = setup.install("claude-code");
+    setup.ok(&["import"]);
+    // Claude Code bumps a counter and adds a project after the import.
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+    doc["numStartups"] = serde_json::json!(4242);
+    doc["projects"]["/new/project"] = serde_json::json!({ "mcpServers": {} });
+    let edited = serde_json::to_vec_pretty(&doc).expect("json");
+    std::fs::write(&path, &edited).expect("write");
+
+    let output = setup.run(&["import", "--undo"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "undo over later edits must be refused: {stderr}"
+    );
+    assert!(
+        stderr.contains("changed after mcpsm wrote it at ") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        edited,
+        "nothing was restored"
+    );
+
+    let stdout = setup.ok(&["import", "--undo", "--force"]);
+    assert!(stdout.contains("undoing mcpsm's change of "), "{stdout}");
+    assert!(stdout.contains("(claude-code, user scope)"), "{stdout}");
+    assert_eq!(std::fs::read(&path).expect("read"), original);
 }
