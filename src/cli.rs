@@ -233,6 +233,11 @@ pub struct ImportArgs {
     #[arg(long, value_parser = parse_sharing, conflicts_with = "undo")]
     pub sharing: Option<Sharing>,
 
+    /// Claude Code: also import every project's own servers (`projects["/dir"].mcpServers`
+    /// in ~/.claude.json), each kept in its project's scope
+    #[arg(long, conflicts_with = "undo")]
+    pub all_scopes: bool,
+
     /// Also take over URL servers (`"type": "http"`/`"sse"`, `url`) as url daemons; without it
     /// they stay as they are (the client speaks HTTP to them itself, and may do its own OAuth)
     #[arg(long, conflicts_with = "undo")]

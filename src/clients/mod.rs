@@ -566,6 +566,27 @@ impl ClientFile {
         }
     }
 
+    /// Claude Code's `~/.claude.json`: each project directory (`projects["/dir"]`) that has
+    /// servers of its own (local scope), with their names, in file order.
+    pub fn project_servers(&self) -> Vec<(String, Vec<String>)> {
+        let Document::Json { root, .. } = &self.document else {
+            return Vec::new();
+        };
+        if self.location.client != Client::ClaudeCode {
+            return Vec::new();
+        }
+        let Some(Value::Object(projects)) = root.get("projects") else {
+            return Vec::new();
+        };
+        projects
+            .iter()
+            .filter_map(|(dir, project)| {
+                let servers = project.get("mcpServers")?.as_object()?;
+                (!servers.is_empty()).then(|| (dir.clone(), servers.keys().cloned().collect()))
+            })
+            .collect()
+    }
+
     /// Reads every entry: a server to import, a proxy, or something mcpsm cannot take over.
     pub fn entries(&self, proxy: &ProxyCommand) -> Result<Vec<(String, Entry)>, Error> {
         Ok(self

@@ -21,14 +21,46 @@ struct Line {
 }
 
 pub fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<ExitCode> {
-    let target = args.target;
+    let target = &args.target;
     let env = Environment::from_process()?;
     let location = target.client.location(target.scope, &env)?;
     if args.undo {
         return undo(&location, target.dry_run, args.force);
     }
+    let code = import_one(&args, &settings, &location, target.dry_run)?;
+    if !args.all_scopes {
+        return Ok(code);
+    }
+    if location.client != crate::clients::Client::ClaudeCode {
+        anyhow::bail!(
+            "--all-scopes applies to claude-code, whose ~/.claude.json holds every project's servers\nhint: for {}, run the import in each project with `--scope project`",
+            location.client
+        );
+    }
+    let file = ClientFile::load(&location)?;
+    for (dir, _) in file.project_servers() {
+        let project = Environment {
+            cwd: std::path::PathBuf::from(&dir),
+            ..env.clone()
+        };
+        let local = target
+            .client
+            .location(crate::clients::Scope::Local, &project)?;
+        println!();
+        import_one(&args, &settings, &local, target.dry_run)?;
+    }
+    Ok(code)
+}
+
+/// Imports the servers at one location (a client file and scope); prints the summary.
+fn import_one(
+    args: &ImportArgs,
+    settings: &Settings,
+    location: &Location,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
     let proxy = ProxyCommand::current()?;
-    let mut file = ClientFile::load(&location)?;
+    let mut file = ClientFile::load(location)?;
     if !file.exists() {
         anyhow::bail!(
             "nothing to import: {} does not exist\n\
@@ -195,6 +227,18 @@ pub fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<ExitCode> {
     if let Some(note) = &manager_note {
         out.push_str(note);
     }
+    let projects = file.project_servers();
+    if !args.all_scopes && location.scope == crate::clients::Scope::User && !projects.is_empty() {
+        out.push_str(&format!(
+            "note: {} project(s) in {} have servers of their own (local scope), not imported:\n",
+            projects.len(),
+            location.display()
+        ));
+        for (dir, names) in &projects {
+            out.push_str(&format!("  {dir}: {}\n", names.join(", ")));
+        }
+        out.push_str("  `mcpsm import --all-scopes` imports them too, each kept in its project (or `--scope local` in one project)\n");
+    }
     if rewrites.is_empty()
         && !manager_note
             .as_ref()
@@ -228,7 +272,7 @@ pub fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<ExitCode> {
     for warning in &warnings {
         out.push_str(&format!("warning: {warning}\n"));
     }
-    if target.dry_run {
+    if dry_run {
         for change in changes.iter().filter(|c| !c.is_noop()) {
             out.push_str(&change.diff());
         }
@@ -238,7 +282,7 @@ pub fn run(args: ImportArgs, settings: Settings) -> anyhow::Result<ExitCode> {
     // The registry first: the client must never point at a daemon that does not exist yet.
     let written = files::apply(&changes, Keep::Backup)?;
     for w in &written {
-        out.push_str(&w.summary(&location));
+        out.push_str(&w.summary(location));
     }
     if registry.original.is_none() {
         let defaults: Vec<String> = Registry::embedded().names().map(str::to_owned).collect();

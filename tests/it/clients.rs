@@ -958,3 +958,41 @@ fn undo_refuses_a_file_the_client_changed_since_unless_forced() {
     assert!(stdout.contains("(claude-code, user scope)"), "{stdout}");
     assert_eq!(std::fs::read(&path).expect("read"), original);
 }
+
+#[test]
+fn project_scoped_servers_are_reported_and_imported_with_all_scopes_in_their_scope() {
+    let setup = Setup::new();
+    setup.install_registry();
+    let (path, _) = setup.install("claude-code");
+    let project = setup.project().display().to_string();
+    let stdout = setup.ok(&["import"]);
+    assert!(
+        stdout.contains("have servers of their own (local scope), not imported:")
+            && stdout.contains("postgres")
+            && stdout.contains("--all-scopes"),
+        "a user-scope import names the project servers it leaves: {stdout}"
+    );
+    let read = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json")
+    };
+    assert_eq!(
+        read()["projects"][&project]["mcpServers"]["postgres"]["command"],
+        "npx"
+    );
+
+    let stdout = setup.ok(&["import", "--all-scopes"]);
+    assert!(stdout.contains("(claude-code, local scope):"), "{stdout}");
+    let doc = read();
+    assert_eq!(
+        doc["projects"][&project]["mcpServers"]["postgres"]["args"],
+        serde_json::json!(["proxy", "--target", "postgres"]),
+        "{stdout}"
+    );
+    assert!(
+        doc["mcpServers"].get("postgres").is_none(),
+        "a project's server stays in its project, not promoted to every project"
+    );
+    assert!(setup
+        .read("daemons.toml")
+        .contains("cwd = \"<HOME>/src/api\"\n"));
+}
