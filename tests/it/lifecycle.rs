@@ -254,3 +254,34 @@ fn service_task_for_windows_is_task_scheduler_xml() {
     ran.assert_success();
     assert!(!path.exists());
 }
+
+#[test]
+fn hosted_stdio_daemon_is_held_by_its_session_and_stopped_when_it_ends() {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    let home = ManagedHome::new(&format!(
+        "[defaults]\nidle-timeout = \"1s\"\n\n[daemons.memory]\ncommand = \"node\"\nargs = [{:?}]\nenv = {{ MEMORY_FILE_PATH = {:?} }}\nport = {}\ntransport = \"stdio\"\n\n{}",
+        crate::support::servers::memory_js().display().to_string(),
+        file.path().display().to_string(),
+        listen_port(),
+        demo_entry("unused", listen_port(), ""),
+    ));
+    let mut proxy = home.proxy("memory");
+    proxy.initialize();
+    let held = home.wait_daemon("memory", LIMIT, "holding one session", |d| {
+        d["sessions"] == 1 && d["state"] == "ready"
+    });
+    home.start("unused");
+    home.wait_daemon("unused", LIMIT, "stopped as idle", |d| {
+        d["state"] == "stopped"
+    });
+    let still = home.daemon("memory");
+    assert_eq!(still["state"], "ready", "{still}");
+    assert_eq!(still["pid"], held["pid"], "{still}");
+    drop(proxy);
+    home.wait_daemon(
+        "memory",
+        LIMIT,
+        "stopped as idle once its session ended",
+        |d| d["state"] == "stopped" && d["idle_stopped_at"].is_u64(),
+    );
+}
