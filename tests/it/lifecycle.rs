@@ -14,6 +14,28 @@ fn demo_entry(name: &str, port: u16, extra: &str) -> String {
     format!("[daemons.{name}]\ncommand = \"{{mcpsm}}\"\nargs = [\"demo-server\", \"--port\", \"{{port}}\"]\nport = {port}\n{extra}\n")
 }
 
+/// Starts daemon `unused` (idle-timeout 1 s, no session) and waits until the manager stopped
+/// it as idle: by then `name` has gone longer than its timeout without traffic too. Then
+/// checks that `name` still runs, as the same process as `before`; returns its status.
+#[track_caller]
+fn assert_outlives_an_idle_stop(
+    home: &ManagedHome,
+    name: &str,
+    before: &serde_json::Value,
+) -> serde_json::Value {
+    home.start("unused");
+    home.wait_daemon("unused", LIMIT, "stopped as idle", |d| {
+        d["state"] == "stopped"
+    });
+    let still = home.daemon(name);
+    assert_eq!(
+        still["state"], "ready",
+        "daemon {name} was stopped: {still}"
+    );
+    assert_eq!(still["pid"], before["pid"], "{still}");
+    still
+}
+
 #[test]
 fn idle_daemon_is_stopped_after_its_timeout_and_restarted_by_the_next_proxy() {
     let home = ManagedHome::new(&format!(
@@ -62,19 +84,9 @@ fn daemon_with_an_open_session_is_never_stopped_even_when_quiet() {
     let mut proxy = home.proxy("held");
     assert_session_works(&mut proxy);
     let held = home.wait_daemon("held", LIMIT, "holding one session", |d| d["sessions"] == 1);
-    let pid = held["pid"].as_u64().expect("pid");
-    // Started after the session's last message: once it is stopped as idle (at least 1 s
-    // later), the held daemon has been silent longer than its timeout too.
-    home.start("unused");
-    home.wait_daemon("unused", LIMIT, "stopped as idle", |d| {
-        d["state"] == "stopped"
-    });
-    let still = home.wait_daemon("held", LIMIT, "listed", |_| true);
-    assert_eq!(
-        still["state"], "ready",
-        "a daemon with a session open was stopped: {still}"
-    );
-    assert_eq!(still["pid"].as_u64(), Some(pid), "{still}");
+    // `unused` is started after the session's last message: once it is stopped as idle, the
+    // held daemon has been silent longer than its timeout too.
+    let still = assert_outlives_an_idle_stop(&home, "held", &held);
     assert!(still["idle_stop_in_secs"].is_null(), "{still}");
     assert_echo(&mut proxy, 2, "still here");
 }
@@ -87,13 +99,7 @@ fn never_opts_out_of_idle_shutdown() {
         demo_entry("unused", listen_port(), ""),
     ));
     let kept = home.start("kept");
-    home.start("unused");
-    home.wait_daemon("unused", LIMIT, "stopped as idle", |d| {
-        d["state"] == "stopped"
-    });
-    let still = home.daemon("kept");
-    assert_eq!(still["state"], "ready", "{still}");
-    assert_eq!(still["pid"], kept["pid"], "{still}");
+    let still = assert_outlives_an_idle_stop(&home, "kept", &kept);
     assert!(still["idle_timeout_ms"].is_null(), "{still}");
 }
 
@@ -270,13 +276,7 @@ fn hosted_stdio_daemon_is_held_by_its_session_and_stopped_when_it_ends() {
     let held = home.wait_daemon("memory", LIMIT, "holding one session", |d| {
         d["sessions"] == 1 && d["state"] == "ready"
     });
-    home.start("unused");
-    home.wait_daemon("unused", LIMIT, "stopped as idle", |d| {
-        d["state"] == "stopped"
-    });
-    let still = home.daemon("memory");
-    assert_eq!(still["state"], "ready", "{still}");
-    assert_eq!(still["pid"], held["pid"], "{still}");
+    assert_outlives_an_idle_stop(&home, "memory", &held);
     drop(proxy);
     home.wait_daemon(
         "memory",
