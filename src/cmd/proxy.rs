@@ -1,15 +1,16 @@
 //! `mcpsm proxy`: what an MCP client launches instead of the server.
 //!
-//! Reads newline-delimited JSON-RPC from stdin on a thread of its own, hands each message to
-//! the [`Upstream`] session, and writes what the daemon sends to stdout from another thread,
-//! one message per line. SIGINT is ignored (clients send it spuriously, sometimes to every
+//! Reads newline-delimited JSON-RPC from stdin, hands each message to the [`Upstream`]
+//! session, and writes what the daemon sends to stdout, one message per line: all on the one
+//! runtime thread, stdin and stdout included ([`platform::stdio`]), so a call passes between
+//! no threads. SIGINT is ignored (clients send it spuriously, sometimes to every
 //! server at once); stdin EOF, SIGTERM and SIGHUP end the session (DELETE, at most 0.5 s) and
 //! exit 0; a closed stdout exits at once. A line that cannot be forwarded (malformed, too long,
 //! a bad batch element) is answered at once with an error under the id of each request in it
 //! that can be read (`null` when none can), and the proxy goes on. A daemon that cannot be used answers every request with an error that
 //! says which daemon, what failed and what to do.
 
-use std::io::{BufReader, Write};
+use std::io::IoSlice;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
@@ -29,6 +31,7 @@ use crate::cli::ProxyArgs;
 use crate::config::{OAuthSpec, Registry, Sharing, TransportKind};
 use crate::jsonrpc::{oversize_refusals, Kind, Message, UPSTREAM_ERROR};
 use crate::paths::Paths;
+use crate::platform::stdio::ProxyStdio;
 use crate::platform::{self, Signal, Signals};
 use crate::supervise::client::{connect_or_start, ClientError, ManagerClient};
 use crate::supervise::secret;
@@ -44,7 +47,7 @@ const EOF_GRACE: Duration = Duration::from_secs(5);
 /// Bound on the best-effort DELETE at exit.
 const DELETE_LIMIT: Duration = Duration::from_millis(500);
 
-/// What the stdin thread hands over.
+/// What the stdin reader hands over.
 enum Input {
     Messages(Vec<Message>),
     /// An error response to write back (malformed or oversized line).
@@ -67,11 +70,18 @@ pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<E
     let mut signals = Signals::new(&[Signal::Terminate, Signal::Hangup])
         .context("installing the SIGTERM and SIGHUP handlers")?;
 
+    let stdio = ProxyStdio::open();
+    debug!("{}", stdio.how);
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(1024);
-    let writer = spawn_stdout_writer(out_rx);
+    let writer = tokio::spawn(write_stdout(out_rx, stdio.output));
     let (in_tx, in_rx) = mpsc::channel::<Input>(64);
     let stdin_closed = CancellationToken::new();
-    spawn_stdin_reader(in_tx, args.max_message_bytes, stdin_closed.clone());
+    let reader = tokio::spawn(read_stdin(
+        stdio.input,
+        in_tx,
+        args.max_message_bytes,
+        stdin_closed.clone(),
+    ));
 
     let shutdown = CancellationToken::new();
     let backend = match resolve(&args, registry) {
@@ -133,7 +143,10 @@ pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<E
     // Tasks still in flight hold senders too: an empty message tells the writer to flush
     // everything queued before it and stop.
     let _ = out_tx.send(Bytes::new()).await;
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    let _ = writer.await;
+    // Nothing may touch stdin once its flags are back (a blocking read would stall the runtime).
+    reader.abort();
+    platform::restore_stdio();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -432,77 +445,95 @@ impl Gate {
     }
 }
 
-/// Reads and parses stdin on its own thread, so the async side only routes. `closed` is
-/// cancelled when the thread ends (end of input, a read error, or nobody left to take lines).
-fn spawn_stdin_reader(tx: mpsc::Sender<Input>, max_bytes: usize, closed: CancellationToken) {
-    let spawned = std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            let _closed = closed.drop_guard();
-            let stdin = BufReader::with_capacity(256 * 1024, std::io::stdin());
-            let mut lines = LineReader::new(stdin, max_bytes);
-            loop {
-                let (messages, replies) = match lines.next_line() {
-                    Ok(Some(Line::Message(bytes))) => Message::parse_input(bytes),
-                    Ok(Some(Line::TooLong { bytes, ids })) => {
-                        (Vec::new(), oversize_refusals(&ids, bytes, max_bytes))
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        warn!("reading stdin failed: {e}; treating it as end of input");
-                        return;
-                    }
-                };
-                for reply in replies {
-                    if tx.blocking_send(Input::Reply(reply)).is_err() {
-                        return;
-                    }
-                }
-                if !messages.is_empty() && tx.blocking_send(Input::Messages(messages)).is_err() {
-                    return;
-                }
+/// Reads and parses stdin, so the relay only routes. `closed` is cancelled when the task ends
+/// (end of input, a read error, or nobody left to take lines).
+async fn read_stdin(
+    input: Box<dyn AsyncRead + Send + Unpin>,
+    tx: mpsc::Sender<Input>,
+    max_bytes: usize,
+    closed: CancellationToken,
+) {
+    let _closed = closed.drop_guard();
+    let mut lines = LineReader::new(input, max_bytes);
+    loop {
+        let (messages, replies) = match lines.next_line().await {
+            Ok(Some(Line::Message(bytes))) => Message::parse_input(bytes),
+            Ok(Some(Line::TooLong { bytes, ids })) => {
+                (Vec::new(), oversize_refusals(&ids, bytes, max_bytes))
             }
-        });
-    if let Err(e) = spawned {
-        error!("cannot start the stdin thread: {e}");
+            Ok(None) => return,
+            Err(e) => {
+                warn!("reading stdin failed: {e}; treating it as end of input");
+                return;
+            }
+        };
+        for reply in replies {
+            if tx.send(Input::Reply(reply)).await.is_err() {
+                return;
+            }
+        }
+        if !messages.is_empty() && tx.send(Input::Messages(messages)).await.is_err() {
+            return;
+        }
     }
 }
 
-/// Writes messages to stdout on its own thread, flushing whenever the queue runs dry, until an
-/// empty message (the end marker). A closed stdout (EPIPE) means the client is gone: exit at
-/// once.
-fn spawn_stdout_writer(mut rx: mpsc::Receiver<Bytes>) -> std::thread::JoinHandle<()> {
-    let mut write_all = move || -> std::io::Result<()> {
-        let stdout = std::io::stdout();
-        let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-        while let Some(message) = rx.blocking_recv() {
-            let mut next = Some(message);
-            while let Some(message) = next {
-                if message.is_empty() {
-                    return out.flush();
-                }
-                out.write_all(&message)?;
-                out.write_all(b"\n")?;
-                next = rx.try_recv().ok();
-            }
-            out.flush()?;
-        }
-        out.flush()
+/// Most messages written to stdout with one `writev`.
+const WRITE_BATCH: usize = 64;
+
+/// Writes messages to stdout, one per line, until an empty message (the end marker): whatever
+/// is queued goes out in one vectored write, the messages' own bytes with a `\n` after each,
+/// never copied into a buffer. A closed stdout (EPIPE) means the client is gone: exit at once.
+async fn write_stdout(mut rx: mpsc::Receiver<Bytes>, output: Box<dyn AsyncWrite + Send + Unpin>) {
+    let exit = |code| {
+        platform::restore_stdio();
+        std::process::exit(code)
     };
-    let run = move || match write_all() {
+    match write_lines(&mut rx, output).await {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit(0),
         Err(e) => {
             error!("writing to stdout failed: {e}");
-            std::process::exit(1);
+            exit(1);
         }
-    };
-    match std::thread::Builder::new().name("stdout".into()).spawn(run) {
-        Ok(handle) => handle,
-        // Without a writer the proxy is useless; fail loudly rather than swallow output.
-        Err(e) => {
-            error!("cannot start the stdout thread: {e}");
-            std::process::exit(1);
+    }
+}
+
+async fn write_lines(
+    rx: &mut mpsc::Receiver<Bytes>,
+    mut output: Box<dyn AsyncWrite + Send + Unpin>,
+) -> std::io::Result<()> {
+    let mut batch: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        let Some(first) = rx.recv().await else {
+            return output.flush().await;
+        };
+        batch.push(first);
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(message) => batch.push(message),
+                Err(_) => break,
+            }
         }
+        let end = batch.iter().position(Bytes::is_empty);
+        let lines = &batch[..end.unwrap_or(batch.len())];
+        let mut slices: Vec<IoSlice<'_>> = lines
+            .iter()
+            .flat_map(|line| [IoSlice::new(line), IoSlice::new(b"\n")])
+            .collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            let written = output.write_vectored(rest).await?;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut rest, written);
+        }
+        output.flush().await?;
+        if end.is_some() {
+            return Ok(());
+        }
+        drop(slices);
+        batch.clear();
     }
 }

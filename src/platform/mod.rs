@@ -13,6 +13,7 @@
 //! | the client died ([`exit_with_parent`]) | `PR_SET_PDEATHSIG` (SIGTERM) | a thread watching `getppid()` raises SIGTERM | a thread waiting on the parent's handle |
 //! | ignore the client's interrupt ([`ignore_interrupt`]) | SIGINT ignored | same | CTRL_C and CTRL_BREAK ignored |
 //! | asked to stop ([`Signals`]) | SIGTERM, SIGINT, SIGHUP | same | CTRL_CLOSE/SHUTDOWN/LOGOFF, CTRL_C/CTRL_BREAK |
+//! | the proxy's stdio on the runtime ([`stdio`]) | pipes and sockets non-blocking on the reactor, flags restored at exit | same | tokio's blocking stdio (a helper thread) |
 //! | owner-only files ([`fs`]) | mode 0600 / 0700 | same | a protected DACL granting only the current user |
 //!
 //! The macOS (and Windows) process facts come from `sysinfo` ([`portable`]); on Linux the
@@ -23,6 +24,12 @@
 mod unix;
 #[cfg(unix)]
 pub use unix::*;
+#[cfg(unix)]
+mod unix_stdio;
+#[cfg(unix)]
+pub use unix_stdio::{nonblocking_stdio, restore_stdio};
+
+pub mod stdio;
 
 #[cfg(target_os = "linux")]
 mod linux;

@@ -591,6 +591,15 @@ fn parent_of(pid: u32) -> Option<u32> {
     None
 }
 
+/// The proxy's stdin and stdout always go through tokio's blocking stdio on Windows (see
+/// [`super::stdio`]).
+pub fn nonblocking_stdio() -> super::stdio::Direct {
+    (None, None)
+}
+
+/// Nothing to restore: [`nonblocking_stdio`] changes no handle.
+pub fn restore_stdio() {}
+
 /// No descriptor limit to respect.
 pub fn open_file_limit() -> u64 {
     u64::MAX

@@ -5,11 +5,11 @@
 //! a longer line is skipped to its end and reported as [`Line::TooLong`], never buffered whole;
 //! the ids of the requests in it are picked out on the way ([`IdScanner`]), so each can still be
 //! answered under its own id.
-//! Reading is blocking: the proxy runs it on a thread of its own.
 
-use std::io::{self, BufRead};
+use std::io;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::jsonrpc::{Id, IdScanner};
 
@@ -27,83 +27,108 @@ pub enum Line {
     TooLong { bytes: usize, ids: Vec<Id> },
 }
 
+/// Bytes asked of each read: what a pipe holds at once on Linux.
+const READ_SIZE: usize = 64 * 1024;
+
 pub struct LineReader<R> {
     inner: R,
     max_bytes: usize,
+    /// Read and not yet returned. A line is split off it and frozen: its bytes are never
+    /// copied (a long line grows the buffer by doubling, as a `Vec` would).
+    buf: BytesMut,
+    /// How much of `buf` is known to hold no `\n`.
+    searched: usize,
+    /// The line being read overflowed the bound: its ids so far and its length.
+    overflow: Option<(IdScanner, usize)>,
+    eof: bool,
 }
 
-impl<R: BufRead> LineReader<R> {
+impl<R: AsyncRead + Unpin> LineReader<R> {
     pub fn new(inner: R, max_bytes: usize) -> LineReader<R> {
-        LineReader { inner, max_bytes }
-    }
-
-    /// The next non-blank line, or `None` at end of input.
-    pub fn next_line(&mut self) -> io::Result<Option<Line>> {
-        loop {
-            let Some((line, total, overflow)) = self.read_raw()? else {
-                return Ok(None);
-            };
-            if let Some(scanner) = overflow {
-                return Ok(Some(Line::TooLong {
-                    bytes: total,
-                    ids: scanner.finish(),
-                }));
-            }
-            let mut content: &[u8] = &line;
-            content = content.strip_prefix(BOM).unwrap_or(content);
-            content = content.strip_suffix(b"\r").unwrap_or(content);
-            if content.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let start = content.as_ptr() as usize - line.as_ptr() as usize;
-            let end = start + content.len();
-            let mut line = line;
-            line.truncate(end);
-            let bytes = Bytes::from(line).slice(start..);
-            return Ok(Some(Line::Message(bytes)));
+        LineReader {
+            inner,
+            max_bytes,
+            buf: BytesMut::new(),
+            searched: 0,
+            overflow: None,
+            eof: false,
         }
     }
 
-    /// Reads up to the next `\n`: (content, total length, and when it overflowed the bound, the
-    /// scanner that read it for ids).
-    #[allow(clippy::type_complexity)]
-    fn read_raw(&mut self) -> io::Result<Option<(Vec<u8>, usize, Option<IdScanner>)>> {
-        let mut line = Vec::new();
-        let mut total = 0usize;
-        let mut overflow: Option<IdScanner> = None;
-        let mut saw_any = false;
+    /// The next non-blank line, or `None` at end of input. Cancel-safe: what was read stays
+    /// in the buffer.
+    pub async fn next_line(&mut self) -> io::Result<Option<Line>> {
         loop {
-            let buf = match self.inner.fill_buf() {
-                Ok(buf) => buf,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if buf.is_empty() {
-                return Ok(saw_any.then_some((line, total, overflow)));
-            }
-            saw_any = true;
-            let (chunk, done) = match memchr::memchr(b'\n', buf) {
-                Some(i) => (&buf[..i], Some(i + 1)),
-                None => (buf, None),
-            };
-            total += chunk.len();
-            match &mut overflow {
-                Some(scanner) => scanner.feed(chunk),
-                None if line.len() + chunk.len() > self.max_bytes => {
-                    let mut scanner = IdScanner::default();
-                    scanner.feed(&line);
-                    scanner.feed(chunk);
-                    overflow = Some(scanner);
-                    line = Vec::new();
+            if let Some(line) = self.split_line() {
+                match line {
+                    Some(line) => return Ok(Some(line)),
+                    None => continue, // blank
                 }
-                None => line.extend_from_slice(chunk),
             }
-            let consumed = done.unwrap_or(buf.len());
-            self.inner.consume(consumed);
-            if done.is_some() {
-                return Ok(Some((line, total, overflow)));
+            if self.eof {
+                return Ok(None);
+            }
+            if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
+                // Doubling while a line grows: a megabyte line is copied about once in all.
+                self.buf.reserve(READ_SIZE.max(self.buf.len()));
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                self.eof = true;
             }
         }
+    }
+
+    /// The next line from the buffer: `Some(Some(line))`, `Some(None)` for a blank one, `None`
+    /// when more input is needed. At end of input, what is left is the last line.
+    fn split_line(&mut self) -> Option<Option<Line>> {
+        let end = match memchr::memchr(b'\n', &self.buf[self.searched..]) {
+            Some(i) => self.searched + i,
+            None if self.eof && (!self.buf.is_empty() || self.overflow.is_some()) => self.buf.len(),
+            None => {
+                self.searched = self.buf.len();
+                if let Some((scanner, total)) = &mut self.overflow {
+                    scanner.feed(&self.buf);
+                    *total += self.buf.len();
+                    self.buf.clear();
+                    self.searched = 0;
+                } else if self.buf.len() > self.max_bytes {
+                    let mut scanner = IdScanner::default();
+                    scanner.feed(&self.buf);
+                    self.overflow = Some((scanner, self.buf.len()));
+                    self.buf.clear();
+                    self.searched = 0;
+                }
+                return None;
+            }
+        };
+        let taken = (end + 1).min(self.buf.len());
+        let line = self.buf.split_to(taken);
+        self.searched = 0;
+        let content = &line[..end];
+        if let Some((mut scanner, total)) = self.overflow.take() {
+            scanner.feed(content);
+            return Some(Some(Line::TooLong {
+                bytes: total + content.len(),
+                ids: scanner.finish(),
+            }));
+        }
+        if content.len() > self.max_bytes {
+            let mut scanner = IdScanner::default();
+            scanner.feed(content);
+            return Some(Some(Line::TooLong {
+                bytes: content.len(),
+                ids: scanner.finish(),
+            }));
+        }
+        let mut text: &[u8] = content;
+        text = text.strip_prefix(BOM).unwrap_or(text);
+        text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.iter().all(u8::is_ascii_whitespace) {
+            return Some(None);
+        }
+        let start = text.as_ptr() as usize - line.as_ptr() as usize;
+        let stop = start + text.len();
+        Some(Some(Line::Message(line.freeze().slice(start..stop))))
     }
 }
 
@@ -111,13 +136,39 @@ impl<R: BufRead> LineReader<R> {
 mod tests {
     use super::*;
 
-    fn lines(input: &[u8], max: usize) -> Vec<Line> {
-        let mut reader = LineReader::new(io::BufReader::with_capacity(4, input), max);
-        let mut out = Vec::new();
-        while let Some(line) = reader.next_line().expect("read") {
-            out.push(line);
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::ReadBuf;
+
+    /// Gives its input a few bytes per read, so lines straddle reads.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let n = self.0.len().min(4).min(buf.remaining());
+            buf.put_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Poll::Ready(Ok(()))
         }
-        out
+    }
+
+    fn lines(input: &[u8], max: usize) -> Vec<Line> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let mut reader = LineReader::new(Trickle(input), max);
+            let mut out = Vec::new();
+            while let Some(line) = reader.next_line().await.expect("read") {
+                out.push(line);
+            }
+            out
+        })
     }
 
     fn message(text: &str) -> Line {

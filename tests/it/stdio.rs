@@ -301,3 +301,138 @@ fn invoked_as_mcpsm_proxy_it_is_the_proxy() {
     proxy.send(&request(1, "ping", json!({})));
     assert!(proxy.recv_response(&json!(1)).0.get("result").is_some());
 }
+
+/// Whether the open file behind `fd` is non-blocking.
+fn is_non_blocking(fd: &impl std::os::fd::AsRawFd) -> bool {
+    // SAFETY: F_GETFL reads the flags of a descriptor the caller keeps open.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    assert!(flags >= 0, "F_GETFL: {}", std::io::Error::last_os_error());
+    flags & libc::O_NONBLOCK != 0
+}
+
+/// A proxy on pipes whose other copies of the proxy's ends the test keeps (the same open
+/// files, so it sees their flags): (proxy, its stdin, its stdout, the proxy's stdin end, the
+/// proxy's stdout end).
+fn proxy_on_pipes(
+    fake: &Fake,
+    home: &TestHome,
+) -> (
+    std::process::Child,
+    std::io::PipeWriter,
+    std::io::BufReader<std::io::PipeReader>,
+    std::io::PipeReader,
+    std::io::PipeWriter,
+) {
+    let (stdin_end, to_proxy) = std::io::pipe().expect("pipe");
+    let (from_proxy, stdout_end) = std::io::pipe().expect("pipe");
+    let stdin_copy = stdin_end.try_clone().expect("dup");
+    let stdout_copy = stdout_end.try_clone().expect("dup");
+    let child = home
+        .mcpsm()
+        .args(["proxy", "--url", &fake.url])
+        .stdin(stdin_end)
+        .stdout(stdout_end)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    (
+        child,
+        to_proxy,
+        std::io::BufReader::new(from_proxy),
+        stdin_copy,
+        stdout_copy,
+    )
+}
+
+fn ping_through(to_proxy: &mut impl Write, from_proxy: &mut impl std::io::BufRead, id: i64) {
+    to_proxy
+        .write_all(format!("{}\n", request(id, "ping", json!({}))).as_bytes())
+        .expect("write");
+    let mut line = String::new();
+    from_proxy.read_line(&mut line).expect("read");
+    let answer: Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(answer["id"], id, "{line}");
+}
+
+fn wait_exit(child: &mut std::process::Child) -> Option<i32> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status.code();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the proxy did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn pipes_made_non_blocking_get_their_flags_back_at_end_of_input() {
+    let fake = sizing_daemon();
+    let home = TestHome::new();
+    let (mut child, mut to_proxy, mut from_proxy, stdin_end, stdout_end) =
+        proxy_on_pipes(&fake, &home);
+    ping_through(&mut to_proxy, &mut from_proxy, 1);
+    // While the session runs, its pipes are read and written on the runtime.
+    assert!(is_non_blocking(&stdin_end) && is_non_blocking(&stdout_end));
+    drop(to_proxy);
+    assert_eq!(wait_exit(&mut child), Some(0));
+    assert!(!is_non_blocking(&stdin_end), "stdin left non-blocking");
+    assert!(!is_non_blocking(&stdout_end), "stdout left non-blocking");
+}
+
+#[test]
+fn pipes_made_non_blocking_get_their_flags_back_on_sigterm() {
+    let fake = sizing_daemon();
+    let home = TestHome::new();
+    let (mut child, mut to_proxy, mut from_proxy, stdin_end, stdout_end) =
+        proxy_on_pipes(&fake, &home);
+    ping_through(&mut to_proxy, &mut from_proxy, 1);
+    assert!(is_non_blocking(&stdin_end));
+    // SAFETY: kill sends a signal to the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut child), Some(0));
+    assert!(!is_non_blocking(&stdin_end), "stdin left non-blocking");
+    assert!(!is_non_blocking(&stdout_end), "stdout left non-blocking");
+}
+
+#[test]
+fn a_terminal_on_stdin_is_read_but_never_made_non_blocking() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let fake = sizing_daemon();
+    let home = TestHome::new();
+    // SAFETY: the usual pseudo-terminal calls; every descriptor is checked and owned below.
+    let (master, terminal) = unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(master >= 0, "posix_openpt");
+        assert_eq!(libc::grantpt(master), 0, "grantpt");
+        assert_eq!(libc::unlockpt(master), 0, "unlockpt");
+        let name = libc::ptsname(master);
+        assert!(!name.is_null(), "ptsname");
+        let terminal = libc::open(name, libc::O_RDWR | libc::O_NOCTTY);
+        assert!(terminal >= 0, "open the terminal");
+        (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(terminal))
+    };
+    let (from_proxy, stdout_end) = std::io::pipe().expect("pipe");
+    let mut child = home
+        .mcpsm()
+        .args(["proxy", "--url", &fake.url])
+        .stdin(terminal.try_clone().expect("dup"))
+        .stdout(stdout_end)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut master = std::fs::File::from(master);
+    let mut from_proxy = std::io::BufReader::new(from_proxy);
+    ping_through(&mut master, &mut from_proxy, 1);
+    assert!(
+        !is_non_blocking(&terminal),
+        "the proxy made its terminal non-blocking"
+    );
+    // ^D at the start of a line: end of input.
+    master.write_all(b"\x04").expect("write ^D");
+    assert_eq!(wait_exit(&mut child), Some(0));
+    assert!(!is_non_blocking(&terminal));
+}
