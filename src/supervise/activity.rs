@@ -73,8 +73,9 @@ struct Reporter {
     seen: Instant,
 }
 
-#[derive(Default)]
 struct Daemon {
+    /// When the manager first heard of the daemon's figures.
+    since: Instant,
     reporters: HashMap<String, Reporter>,
     /// Totals of reporters that ended.
     ended: Totals,
@@ -84,6 +85,20 @@ struct Daemon {
     /// Totals of earlier host processes.
     host_ended: Totals,
     samples: VecDeque<(Instant, Totals)>,
+}
+
+impl Default for Daemon {
+    fn default() -> Daemon {
+        Daemon {
+            since: Instant::now(),
+            reporters: HashMap::new(),
+            ended: Totals::default(),
+            host: None,
+            host_sessions: None,
+            host_ended: Totals::default(),
+            samples: VecDeque::new(),
+        }
+    }
 }
 
 impl Daemon {
@@ -199,15 +214,24 @@ impl Activity {
         };
         daemon.expire(now);
         let totals = daemon.totals();
-        // The oldest sample within the window is the baseline; none yet: since the start.
-        let baseline = daemon
+        // The oldest sample within the window is the baseline; while the figures are younger
+        // than the window, everything since they began counts.
+        let young = daemon
             .samples
-            .iter()
-            .find(|(at, _)| now.duration_since(*at) <= WINDOW)
-            .map(|(at, t)| (now.duration_since(*at), t.clone()));
+            .front()
+            .is_none_or(|(at, _)| now.duration_since(*at) <= WINDOW);
+        let baseline = if young {
+            Some((now.duration_since(daemon.since), Totals::default()))
+        } else {
+            daemon
+                .samples
+                .iter()
+                .find(|(at, _)| now.duration_since(*at) <= WINDOW)
+                .map(|(at, t)| (now.duration_since(*at), t.clone()))
+        };
         let (elapsed, window) = match baseline {
-            Some((elapsed, earlier)) if !elapsed.is_zero() => (elapsed, totals.since(&earlier)),
-            _ => (SAMPLE_EVERY, Totals::default()),
+            Some((elapsed, earlier)) => (elapsed, totals.since(&earlier)),
+            None => (SAMPLE_EVERY, Totals::default()),
         };
         let per_minute = |n: u64| n as f64 * 60.0 / elapsed.as_secs_f64().max(1.0);
         let history = daemon

@@ -807,7 +807,18 @@ impl Actor {
     async fn fail_attempt(&mut self, error: String) {
         warn!(daemon = %self.spec.name, "{error}");
         let lived = self.running.as_ref().map(|r| r.spawned_at.elapsed());
-        let first_line = error.lines().next().unwrap_or_default().to_owned();
+        // The cause without the output it quotes (the log has that just above).
+        let first_line = error
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split("; its last output")
+            .next()
+            .unwrap_or_default()
+            .split("; it wrote nothing")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         self.stop(&first_line).await;
         if lived.is_some_and(|l| l >= HEALTHY_PERIOD) {
             self.fast_failures = 0;

@@ -48,6 +48,8 @@ fn status_page_shows_both_daemons_with_live_figures_in_headless_chromium() {
     assert_echo(&mut busy, 1, "before the page");
     let mut other = home.proxy("memory");
     other.initialize();
+    other.send(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}));
+    other.recv_response(&json!(2));
 
     // `status --open` prints the URL and hands it to the opener.
     let opened = home.path().join("opened.txt");
