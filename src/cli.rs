@@ -69,7 +69,8 @@ One manager runs per MCPSM_HOME, on 127.0.0.1:<[manager] port> (default 3199).")
 Examples:
   mcpsm status
   mcpsm status --verbose                  also each daemon's cwd and environment variable names
-  mcpsm status --json | jq '.daemons[] | select(.state != \"ready\")'")]
+  mcpsm status --json | jq '.daemons[] | select(.state != \"ready\")'
+  mcpsm status --open                     the live status page in the browser")]
     Status(StatusArgs),
 
     /// Authorize mcpsm (OAuth) for a `url` daemon with `auth = "oauth"`, in the browser
@@ -187,7 +188,8 @@ Examples:
     #[command(after_help = "\
 Examples:
   mcpsm logs memory            the last 50 lines
-  mcpsm logs memory -n 200 -f  the last 200, then follow")]
+  mcpsm logs memory -n 200 -f  the last 200, then follow
+  mcpsm logs memory --since 10m  what it wrote in the last ten minutes")]
     Logs(LogsArgs),
 }
 
@@ -418,6 +420,10 @@ pub struct StatusArgs {
     /// Also show each daemon's working directory and the names of its environment variables
     #[arg(long, short)]
     pub verbose: bool,
+    /// Open the live status page: print a one-time URL (valid 2 minutes) and open it in the
+    /// browser ($MCPSM_OPENER, else $BROWSER, else the system's opener)
+    #[arg(long, conflicts_with = "json")]
+    pub open: bool,
 }
 
 #[derive(Debug, Args)]
@@ -438,6 +444,11 @@ pub struct LogsArgs {
     /// Keep printing lines as they are written
     #[arg(short = 'f', long)]
     pub follow: bool,
+
+    /// Only lines written in the last DURATION (e.g. 10m, 2h, 30s), rotated files included;
+    /// replaces -n
+    #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+    pub since: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -520,6 +531,20 @@ pub struct ProxyArgs {
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     crate::config::parse_duration_text(text)
+}
+
+/// A duration in ms, s, m (as elsewhere), or hours (`2h`) and days (`1d`).
+fn parse_since(text: &str) -> Result<std::time::Duration, String> {
+    for (unit, secs) in [("h", 3600), ("d", 86_400)] {
+        if let Some(number) = text.trim().strip_suffix(unit) {
+            let n: u64 = number
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{text}` is not a duration like 30s, 10m, 2h or 1d"))?;
+            return Ok(std::time::Duration::from_secs(n.saturating_mul(secs)));
+        }
+    }
+    parse_duration(text)
 }
 
 fn parse_transport(text: &str) -> Result<TransportKind, String> {

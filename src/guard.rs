@@ -59,6 +59,22 @@ pub fn bearer_matches(headers: &HeaderMap, secret: &str) -> bool {
     else {
         return false;
     };
+    same_secret(given, secret)
+}
+
+/// Whether the `Cookie` header carries cookie `name` with value `secret` (constant time).
+pub fn cookie_matches(headers: &HeaderMap, name: &str, secret: &str) -> bool {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .any(|(key, value)| key == name && same_secret(value, secret))
+}
+
+/// Compares two secrets in time that depends on their length only.
+pub fn same_secret(given: &str, secret: &str) -> bool {
     given.len() == secret.len()
         && given
             .bytes()

@@ -177,6 +177,8 @@ pub struct Message {
     raw: Bytes,
     id: Option<Id>,
     method: Option<Box<str>>,
+    /// A response with an `error` member (read in the same parse as the id).
+    error: bool,
 }
 
 impl fmt::Debug for Message {
@@ -196,6 +198,8 @@ struct Envelope<'a> {
     id: Option<&'a RawValue>,
     #[serde(default, borrow)]
     method: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
 }
 
 fn present<'de: 'a, 'a, D>(deserializer: D) -> Result<Option<&'a RawValue>, D::Error>
@@ -446,14 +450,20 @@ impl IdScanner {
 impl Message {
     /// Parses one JSON object. `raw` must hold a single line (no raw `\n`/`\r`).
     pub fn parse(raw: Bytes) -> Result<Message, ParseError> {
-        let (id, method) = {
+        let (id, method, error) = {
             let envelope: Envelope<'_> = serde_json::from_slice(&raw)?;
             (
                 envelope.id.map(|id| Id::from_json(id.get())),
                 envelope.method.map(|m| Box::from(m.as_ref())),
+                envelope.error.is_some(),
             )
         };
-        Ok(Message { raw, id, method })
+        Ok(Message {
+            raw,
+            id,
+            method,
+            error,
+        })
     }
 
     /// Parses a line that holds one message or a batch array, splitting batches.
@@ -505,6 +515,11 @@ impl Message {
             (Some(_), None) => Kind::Notification,
             (None, _) => Kind::Response,
         }
+    }
+
+    /// A JSON-RPC error response.
+    pub fn is_error(&self) -> bool {
+        self.error
     }
 
     pub fn is_request(&self) -> bool {
@@ -567,6 +582,7 @@ impl Message {
             raw: Bytes::from(text),
             id: Some(id.clone()),
             method: self.method.clone(),
+            error: self.error,
         }
     }
 
@@ -647,6 +663,7 @@ impl Message {
             raw: Bytes::from(text),
             id: id.cloned(),
             method: None,
+            error: true,
         }
     }
 }

@@ -26,6 +26,7 @@
 //! - [`demo`]: the built-in demo MCP server (the default daemon `demo`, tests, benchmarks).
 //! - [`config`]: the TOML daemon registry, its defaults and validation.
 //! - [`jsonrpc`]: the message envelope: exact bytes plus id and method.
+//! - [`metrics`]: request counters where requests pass, and the Prometheus text format.
 //! - [`paths`]: where mcpsm keeps its files.
 //! - [`platform`]: the one seam for what differs between Linux, macOS and Windows.
 //! - [`serve`]: how every mcpsm HTTP server accepts connections (TCP_NODELAY, timeouts).
@@ -39,6 +40,7 @@ pub mod demo;
 pub mod guard;
 pub mod host;
 pub mod jsonrpc;
+pub mod metrics;
 pub mod paths;
 pub mod platform;
 pub mod serve;

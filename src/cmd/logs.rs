@@ -1,5 +1,6 @@
-//! `mcpsm logs NAME [-n N] [-f]`: reads the daemon's log file directly, so it works whether or
-//! not a manager runs.
+//! `mcpsm logs NAME [-n N | --since DURATION] [-f]`: reads the daemon's log file directly, so it
+//! works whether or not a manager runs. Every line starts with the time it was written (UTC);
+//! `--since` keeps the lines of the last DURATION, from the rotated files too.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::process::ExitCode;
@@ -30,7 +31,17 @@ pub async fn run(args: LogsArgs, settings: Settings) -> anyhow::Result<ExitCode>
         }
     }
     let mut stdout = std::io::stdout().lock();
-    for line in logs::tail(&path, args.lines) {
+    let lines = match args.since {
+        Some(since) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            let cutoff = now.saturating_sub(since.as_millis());
+            logs::lines_since(&path, u64::try_from(cutoff).unwrap_or(0))
+        }
+        None => logs::tail(&path, args.lines),
+    };
+    for line in lines {
         writeln!(stdout, "{line}")?;
     }
     stdout.flush()?;

@@ -4,9 +4,11 @@
 //! API (JSON in and out; `{"name": "NAME"}` bodies where a daemon is meant): `GET /ping`,
 //! and with `Authorization: Bearer <manager.token>`: `GET /status`, `GET /logs/NAME?tail=N`
 //! (text), `POST /start`, `/stop`, `/restart`, `/ensure`, `/start-all`, `/stop-all`,
-//! `/shutdown`. It binds 127.0.0.1 only and answers 403 to a `Host` that is not loopback or
-//! an `Origin` from elsewhere (DNS rebinding), 401 to any request but `/ping` without the
-//! token, 413 to a body over 16 KiB.
+//! `/shutdown`, `POST /report` (a proxy's figures), `GET /metrics` (Prometheus text), and the
+//! status page (`/ui`, `/ui/data`, `POST /ui/ticket`; see [`super::manager_page`]). It binds
+//! 127.0.0.1 only and answers 403 to a `Host` that is not loopback or
+//! an `Origin` from elsewhere (DNS rebinding), 401 to any request but `/ping` and `/ui`
+//! without the token (the page's cookie stands for it in GETs), 413 to a body over 16 KiB.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,9 +29,11 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::manager_page::{self, PageAccess};
 use super::Settings;
 use crate::cli::{ManagerAction, ManagerArgs};
 use crate::paths::Paths;
+use crate::supervise::activity::{ProxyReport, SAMPLE_EVERY};
 use crate::supervise::client::{self, ClientError, ManagerClient};
 use crate::supervise::daemon::{unix_now, Context};
 use crate::supervise::manager::{Manager, ManagerError};
@@ -150,6 +154,7 @@ struct App {
     token_path: PathBuf,
     port: u16,
     exit: CancellationToken,
+    page: PageAccess,
 }
 
 /// Runs the manager in the foreground until SIGTERM/SIGINT (daemons keep running, for the next
@@ -234,6 +239,20 @@ async fn serve(
         token_path: paths.manager_token(),
         port,
         exit: exit.clone(),
+        page: PageAccess::new(port).context("making the status page's secret")?,
+    });
+    // Samples for the per-minute rates and the page's chart; a status also reads the hosts'
+    // figures.
+    let sampling = app.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(SAMPLE_EVERY) => {}
+                () = sampling.exit.cancelled() => return,
+            }
+            sampling.manager.status().await;
+            sampling.manager.activity.sample();
+        }
     });
     info!(
         pid = std::process::id(),
@@ -281,6 +300,11 @@ fn router(app: Arc<App>) -> Router {
         .route("/start-all", post(start_all))
         .route("/stop-all", post(stop_all))
         .route("/shutdown", post(shutdown))
+        .route("/report", post(report))
+        .route("/metrics", get(metrics))
+        .route("/ui", get(page))
+        .route("/ui/data", get(page_data))
+        .route("/ui/ticket", post(page_ticket))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
@@ -296,9 +320,12 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         return error(StatusCode::FORBIDDEN, why);
     }
     // Only /ping is open: it says nothing but who runs. Status and logs may hold secrets.
-    if request.uri().path() != "/ping"
-        && !crate::guard::bearer_matches(request.headers(), &app.token)
-    {
+    // `/ui` checks its ticket or cookie itself; the page's cookie opens GETs only.
+    let path = request.uri().path();
+    let open = path == "/ping" || path == "/ui";
+    let page_read =
+        request.method() == axum::http::Method::GET && app.page.cookie_matches(request.headers());
+    if !open && !page_read && !crate::guard::bearer_matches(request.headers(), &app.token) {
         return error(
             StatusCode::UNAUTHORIZED,
             format!(
@@ -312,6 +339,51 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
 
 async fn ping(State(app): State<Arc<App>>) -> Response {
     Json(&app.manager.info).into_response()
+}
+
+#[derive(Deserialize)]
+struct TicketQuery {
+    ticket: Option<String>,
+}
+
+async fn page(
+    State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
+    Query(query): Query<TicketQuery>,
+) -> Response {
+    app.page.page(&headers, query.ticket.as_deref())
+}
+
+async fn page_data(State(app): State<Arc<App>>) -> Response {
+    Json(manager_page::data(&app.manager.status().await)).into_response()
+}
+
+async fn page_ticket(State(app): State<Arc<App>>) -> Response {
+    match app.page.new_ticket() {
+        Ok(ticket) => Json(json!({
+            "url": format!("http://127.0.0.1:{}/ui?ticket={ticket}", app.port),
+            "expires_in_secs": manager_page::TICKET_TTL.as_secs(),
+        }))
+        .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    manager_page::metrics(&app.manager.status().await)
+}
+
+async fn report(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<ProxyReport>(&body) {
+        Ok(report) => {
+            app.manager.activity.report(report);
+            Json(json!({})).into_response()
+        }
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be a proxy's figures report: {e}"),
+        ),
+    }
 }
 
 async fn status(State(app): State<Arc<App>>) -> Response {

@@ -10,6 +10,7 @@ mod import;
 mod login;
 mod logs;
 mod manager;
+mod manager_page;
 mod proxy;
 mod service;
 mod status;

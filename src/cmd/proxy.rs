@@ -30,9 +30,11 @@ use crate::auth;
 use crate::cli::ProxyArgs;
 use crate::config::{OAuthSpec, Registry, Sharing, TransportKind};
 use crate::jsonrpc::{oversize_refusals, Kind, Message, UPSTREAM_ERROR};
+use crate::metrics::Counters;
 use crate::paths::Paths;
 use crate::platform::stdio::ProxyStdio;
 use crate::platform::{self, Signal, Signals};
+use crate::supervise::activity::{ProxyReport, HEARTBEAT_EVERY, REPORT_EVERY};
 use crate::supervise::client::{connect_or_start, ClientError, ManagerClient};
 use crate::supervise::secret;
 use crate::transport::stdio::{Line, LineReader};
@@ -104,6 +106,7 @@ pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<E
                     });
                     recovered
                 }),
+                figures: gate.as_ref().map(|gate| gate.figures.clone()),
             };
             match Upstream::new(options, out_tx.clone(), shutdown.clone(), hooks) {
                 Ok(upstream) => {
@@ -115,6 +118,7 @@ pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<E
                         // proxy lives.
                         let holder = gate.clone();
                         tokio::spawn(async move { holder.hold_session().await });
+                        tokio::spawn(gate.clone().report_figures(shutdown.clone()));
                     }
                     Backend::Upstream(upstream, gate)
                 }
@@ -137,8 +141,13 @@ pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<E
         signal = signals.recv() => debug!(?signal, "signal"),
         () = platform::parent_exited() => debug!("the client exited"),
     }
-    if let Backend::Upstream(upstream, _) = &backend {
-        upstream.close(DELETE_LIMIT).await;
+    if let Backend::Upstream(upstream, gate) = &backend {
+        let last_report = async {
+            if let Some(gate) = gate {
+                let _ = tokio::time::timeout(DELETE_LIMIT, gate.report(true)).await;
+            }
+        };
+        tokio::join!(upstream.close(DELETE_LIMIT), last_report);
     }
     // Tasks still in flight hold senders too: an empty message tells the writer to flush
     // everything queued before it and stop.
@@ -242,6 +251,14 @@ fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<Resolv
                     name: name.clone(),
                     ready: AtomicBool::new(false),
                     last: tokio::sync::Mutex::new(None),
+                    figures: Arc::new(Counters::new()),
+                    session: format!(
+                        "{}-{}",
+                        std::process::id(),
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_nanos())
+                    ),
                 });
                 (
                     format!("see `mcpsm status` and its log {}", log.display()),
@@ -370,6 +387,10 @@ struct Gate {
     name: String,
     ready: AtomicBool,
     last: tokio::sync::Mutex<Option<(Instant, String)>>,
+    /// This session's request figures, reported to the manager.
+    figures: Arc<Counters>,
+    /// Names this session in its reports.
+    session: String,
 }
 
 impl Gate {
@@ -411,6 +432,42 @@ impl Gate {
                 Err(e) => debug!("holding the session lease failed: {e}"),
             }
             tokio::time::sleep(LEASE_RETRY).await;
+        }
+    }
+
+    /// Sends this session's figures to the manager while it runs: when they changed (at
+    /// most every [`REPORT_EVERY`]), else every [`HEARTBEAT_EVERY`]. Off the hot path: the
+    /// relay only bumps counters.
+    async fn report_figures(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut sent = None;
+        let mut last_sent = Instant::now();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(REPORT_EVERY) => {}
+                () = shutdown.cancelled() => return,
+            }
+            let totals = self.figures.snapshot();
+            let due = last_sent.elapsed() >= HEARTBEAT_EVERY;
+            // Nothing to say before the first request (the session may never be used).
+            if (sent.as_ref() != Some(&totals) && totals.requests > 0) || (due && sent.is_some()) {
+                self.report(false).await;
+                sent = Some(totals);
+                last_sent = Instant::now();
+            }
+        }
+    }
+
+    /// Sends this session's figures to the manager; best effort.
+    async fn report(&self, closed: bool) {
+        let client = ManagerClient::new(&self.paths, self.manager_port);
+        let report = ProxyReport {
+            name: self.name.clone(),
+            session: self.session.clone(),
+            totals: self.figures.snapshot(),
+            closed,
+        };
+        if let Err(e) = client.report(&report).await {
+            debug!("could not report figures to the manager: {e}");
         }
     }
 

@@ -1,16 +1,23 @@
-//! `mcpsm status [--json] [--verbose]`: every daemon of the registry, as the manager sees it.
+//! `mcpsm status [--json] [--verbose] [--open]`: every daemon of the registry, as the manager
+//! sees it; `--open` opens the manager's live status page instead.
 
 use std::process::ExitCode;
 
 use super::Settings;
 use crate::cli::StatusArgs;
-use crate::supervise::client::{ClientError, ManagerClient};
+use crate::supervise::client::{connect_or_start, ClientError, ManagerClient};
 use crate::supervise::daemon::{DaemonState, DaemonStatus};
 use crate::supervise::process;
 use crate::supervise::state::ManagerState;
 
+/// Names a command that opens the page's URL (appended as its last argument).
+pub const OPENER_ENV: &str = "MCPSM_OPENER";
+
 pub async fn run(args: StatusArgs, settings: Settings) -> anyhow::Result<ExitCode> {
     let registry = settings.registry()?;
+    if args.open {
+        return open_page(&settings, registry.manager_port()).await;
+    }
     let client = ManagerClient::new(&settings.paths, registry.manager_port());
     let report = match client.status().await {
         Ok(report) => report,
@@ -94,6 +101,46 @@ fn idle_line(daemon: &DaemonStatus) -> Option<String> {
             human_duration(now.saturating_sub(at))
         )
     })
+}
+
+/// Asks the manager (starting one if none runs) for a one-time URL of its page, prints it
+/// and opens it in the browser.
+async fn open_page(settings: &Settings, port: u16) -> anyhow::Result<ExitCode> {
+    let registry = settings
+        .registry_explicit
+        .then_some(settings.registry_path.as_path());
+    let client = connect_or_start(&settings.paths, registry, port).await?;
+    let url = client.page_ticket().await?;
+    println!("{url}");
+    eprintln!("mcpsm: the status page; the link works once, within 2 minutes (then run `mcpsm status --open` again)");
+    let command = std::env::var(OPENER_ENV)
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .and_then(|c| {
+            let mut words = c.split_whitespace().map(str::to_owned);
+            Some((words.next()?, words.collect::<Vec<_>>()))
+        })
+        .or_else(crate::platform::browser_command);
+    let Some((program, mut arguments)) = command else {
+        eprintln!("mcpsm: no browser to open it with here (no display); open the URL above in one on this machine");
+        return Ok(ExitCode::SUCCESS);
+    };
+    arguments.push(url);
+    let spawned = std::process::Command::new(&program)
+        .args(&arguments)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn();
+    match spawned {
+        // Reaped in the background; a browser may outlive this command, which does not wait.
+        Ok(mut child) => {
+            std::thread::spawn(move || child.wait());
+        }
+        Err(e) => eprintln!(
+            "mcpsm: could not run `{program}` to open it: {e}\nhint: open the URL above yourself, or set {OPENER_ENV} to a command that opens URLs"
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_table(daemons: &[DaemonStatus], verbose: bool) {

@@ -36,6 +36,10 @@ use tracing::{debug, info, warn};
 use super::negotiate::{self, Compatibility};
 use crate::jsonrpc::{method, Kind, Message, UPSTREAM_ERROR};
 
+/// Every session request this host answered (one host process serves one daemon), for the
+/// manager's figures: see [`crate::supervise::activity`].
+pub static FIGURES: crate::metrics::Counters = crate::metrics::Counters::new();
+
 /// The variable that carries the host's secret; never passed on to the server.
 pub const SECRET_ENV: &str = "MCPSM_HOST_SECRET";
 
@@ -249,6 +253,8 @@ struct InFlight {
     reply: Reply,
     /// The session's progress token (JSON text), when the request carried one.
     progress_token: Option<String>,
+    /// When the request came (for the latency figures).
+    since: Instant,
 }
 
 #[derive(Default)]
@@ -704,6 +710,7 @@ impl Hub {
                     original_id: id_json,
                     reply: Reply::Stream(reply),
                     progress_token: progress,
+                    since: Instant::now(),
                 },
             );
         }
@@ -763,6 +770,7 @@ impl Hub {
                     .unwrap_or_default(),
                 reply: Reply::Internal(tx),
                 progress_token: None,
+                since: Instant::now(),
             },
         );
         let answered = tokio::time::timeout(limit, async {
@@ -997,6 +1005,9 @@ impl Hub {
             self.command.name
         );
         for request in in_flight {
+            if request.session.is_some() {
+                FIGURES.record(request.since.elapsed(), true);
+            }
             if let Reply::Stream(reply) = request.reply {
                 spawn_send(reply, error_bytes(Some(&request.original_id), &why));
             }
@@ -1031,6 +1042,9 @@ impl Hub {
         let Some(request) = request else {
             return debug!(upstream, "a late response (cancelled or failed already)");
         };
+        if request.session.is_some() {
+            FIGURES.record(request.since.elapsed(), message.is_error());
+        }
         match request.reply {
             Reply::Internal(tx) => {
                 let _ = tx.send(message);

@@ -780,6 +780,8 @@ async fn get_status(State(front): State<Arc<Front>>) -> Response {
     drop(sessions);
     axum::Json(json!({
         "daemon": front.options.command.name,
+        "pid": std::process::id(),
+        "figures": hub::FIGURES.snapshot(),
         "sharing": front.options.sharing.as_str(),
         "max_sessions": front.options.max_children,
         "children": children,

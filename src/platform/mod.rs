@@ -87,6 +87,28 @@ impl Os {
     }
 }
 
+/// The system's command to open a URL in the browser (`$BROWSER` first), when there is a
+/// display to open it on; the URL is appended as the last argument.
+pub fn browser_command() -> Option<(String, Vec<String>)> {
+    if let Ok(browser) = std::env::var("BROWSER") {
+        if !browser.trim().is_empty() {
+            return Some((browser, Vec::new()));
+        }
+    }
+    match Os::current() {
+        Os::MacOs => Some(("open".into(), Vec::new())),
+        Os::Windows => Some((
+            "rundll32".into(),
+            vec!["url.dll,FileProtocolHandler".into()],
+        )),
+        Os::Linux => {
+            let display = std::env::var_os("DISPLAY").is_some()
+                || std::env::var_os("WAYLAND_DISPLAY").is_some();
+            display.then(|| ("xdg-open".into(), Vec::new()))
+        }
+    }
+}
+
 /// What asks a server process to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {

@@ -144,6 +144,26 @@ impl ManagerClient {
         Ok(())
     }
 
+    /// `POST /report`: a proxy session's figures (see [`super::activity`]).
+    pub async fn report(&self, report: &super::activity::ProxyReport) -> Result<(), ClientError> {
+        let body = serde_json::to_value(report).unwrap_or_default();
+        let request = self.post("report", &body)?.timeout(Duration::from_secs(2));
+        self.call::<Value>(request).await.map(|_| ())
+    }
+
+    /// `POST /ui/ticket`: a one-time URL of the status page.
+    pub async fn page_ticket(&self) -> Result<String, ClientError> {
+        let request = self.post("ui/ticket", &json!({}))?;
+        let answer: Value = self.call(request).await?;
+        answer["url"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ClientError::Http {
+                port: self.port,
+                cause: "the manager's answer has no `url`".to_owned(),
+            })
+    }
+
     /// `POST /start-all`, `/stop-all` or `/shutdown`.
     pub async fn action(&self, action: &str) -> Result<Value, ClientError> {
         let request = self.post(action, &json!({}))?;

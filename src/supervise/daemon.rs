@@ -131,6 +131,9 @@ pub struct DaemonStatus {
     /// Unix seconds when the manager last stopped it for having no session.
     #[serde(default)]
     pub idle_stopped_at: Option<u64>,
+    /// Sessions, requests, errors and latency (see [`super::activity`]).
+    #[serde(default)]
+    pub figures: super::activity::Figures,
 }
 
 impl DaemonStatus {
@@ -170,6 +173,7 @@ impl DaemonStatus {
             idle_secs: None,
             idle_stop_in_secs: None,
             idle_stopped_at: None,
+            figures: Default::default(),
         }
     }
 
@@ -228,18 +232,19 @@ enum Command {
         spec: Box<DaemonSpec>,
         /// An explicit start: also retries a crash-looping or backing-off daemon now.
         force: bool,
+        /// Why, for the daemon's log.
+        reason: String,
         ack: oneshot::Sender<()>,
     },
     Stop {
+        reason: String,
         ack: oneshot::Sender<()>,
     },
     /// The manager is exiting: stop the daemon, or leave it running for the next manager.
     /// A proxy reconnected a client session to this daemon.
     Recovered,
     /// No session for `idle_for`: stop a ready daemon (the next `ensure` starts it again).
-    IdleStop {
-        idle_for: Duration,
-    },
+    IdleStop { idle_for: Duration },
     Shutdown {
         stop: bool,
         ack: oneshot::Sender<()>,
@@ -315,11 +320,18 @@ impl DaemonHandle {
 
     /// Starts the daemon if it is not running, and waits until it is ready or cannot be.
     /// `force` also retries a crash-looping or backing-off daemon at once.
-    pub async fn start(&self, spec: DaemonSpec, force: bool) -> Result<DaemonStatus, DaemonStatus> {
+    /// `reason` goes into the daemon's log when this starts it.
+    pub async fn start(
+        &self,
+        spec: DaemonSpec,
+        force: bool,
+        reason: &str,
+    ) -> Result<DaemonStatus, DaemonStatus> {
         let limit = spec.startup_timeout + BACKOFF_MAX + Duration::from_secs(5);
         self.command(|ack| Command::Start {
             spec: Box::new(spec),
             force,
+            reason: reason.to_owned(),
             ack,
         })
         .await;
@@ -336,8 +348,13 @@ impl DaemonHandle {
         }
     }
 
-    pub async fn stop(&self) -> DaemonStatus {
-        self.command(|ack| Command::Stop { ack }).await;
+    /// `reason` goes into the daemon's log when this stops it.
+    pub async fn stop(&self, reason: &str) -> DaemonStatus {
+        self.command(|ack| Command::Stop {
+            reason: reason.to_owned(),
+            ack,
+        })
+        .await;
         self.status()
     }
 
@@ -510,24 +527,29 @@ impl Actor {
     /// Returns true when the actor should end.
     async fn on_command(&mut self, command: Command) -> bool {
         match command {
-            Command::Start { spec, force, ack } => {
+            Command::Start {
+                spec,
+                force,
+                reason,
+                ack,
+            } => {
                 self.spec = *spec;
                 match self.state() {
                     DaemonState::Stopped | DaemonState::Failed | DaemonState::External => {
                         self.fast_failures = 0;
-                        self.spawn().await;
+                        self.spawn(&reason).await;
                     }
                     DaemonState::CrashLooping | DaemonState::BackingOff if force => {
                         self.fast_failures = 0;
-                        self.spawn().await;
+                        self.spawn(&reason).await;
                     }
                     _ => {}
                 }
                 let _ = ack.send(());
                 false
             }
-            Command::Stop { ack } => {
-                self.stop().await;
+            Command::Stop { reason, ack } => {
+                self.stop(&reason).await;
                 self.publish(DaemonState::Stopped, None);
                 self.status
                     .send_modify(|status| status.idle_stopped_at = None);
@@ -549,7 +571,12 @@ impl Actor {
                         idle_for.as_secs(),
                         self.spec.idle_timeout.unwrap_or_default()
                     );
-                    self.stop().await;
+                    self.stop(&format!(
+                        "no client session for {}s (idle-timeout {:?}); the next proxy starts it again",
+                        idle_for.as_secs(),
+                        self.spec.idle_timeout.unwrap_or_default()
+                    ))
+                    .await;
                     self.publish(DaemonState::Stopped, Some(None));
                     self.status
                         .send_modify(|status| status.idle_stopped_at = Some(unix_now()));
@@ -558,7 +585,8 @@ impl Actor {
             }
             Command::Shutdown { stop, ack } => {
                 if stop {
-                    self.stop().await;
+                    self.stop("the manager is shutting down (`mcpsm manager stop`)")
+                        .await;
                     self.publish(DaemonState::Stopped, None);
                 }
                 let _ = ack.send(());
@@ -567,7 +595,7 @@ impl Actor {
         }
     }
 
-    async fn spawn(&mut self) {
+    async fn spawn(&mut self, reason: &str) {
         self.timer = None;
         if let Some(probe) = self.probe.take() {
             probe.abort();
@@ -614,6 +642,7 @@ impl Actor {
         let start_time = process::start_time(pid);
         let started_at = unix_now();
         info!(daemon = %self.spec.name, pid, "started");
+        logs::append_event(&self.log, &format!("started pid {pid}: {reason}"));
         self.running = Some(Running {
             process: Process::Child(child),
             pid,
@@ -640,8 +669,8 @@ impl Actor {
         self.publish(DaemonState::Starting, None);
     }
 
-    /// Stops the process group, if anything runs.
-    async fn stop(&mut self) {
+    /// Stops the process group, if anything runs; `reason` goes into the log.
+    async fn stop(&mut self, reason: &str) {
         self.timer = None;
         if let Some(probe) = self.probe.take() {
             probe.abort();
@@ -658,7 +687,17 @@ impl Actor {
             Process::Adopted => None,
         };
         let grace = self.spec.stop_timeout;
-        match process::stop_group(running.pid, child, grace).await {
+        let pid = running.pid;
+        logs::append_event(&self.log, &format!("stopping pid {pid}: {reason}"));
+        let stopped = process::stop_group(running.pid, child, grace).await;
+        let how = match stopped {
+            Stopped::Gracefully => "stopped".to_owned(),
+            Stopped::Killed => format!("killed (still running {grace:?} after SIGTERM)"),
+            Stopped::Terminated => "stopped (job terminated)".to_owned(),
+            Stopped::Stuck => "stopped, but processes of its group survived SIGKILL".to_owned(),
+        };
+        logs::append_event(&self.log, &format!("pid {pid} {how}"));
+        match stopped {
             Stopped::Gracefully => info!(daemon = %self.spec.name, "stopped"),
             Stopped::Killed => warn!(
                 daemon = %self.spec.name,
@@ -694,7 +733,8 @@ impl Actor {
         match timer {
             Timer::Restart => {
                 self.restarts += 1;
-                self.spawn().await;
+                let reason = format!("restart {} after the failure above", self.restarts);
+                self.spawn(&reason).await;
             }
             Timer::Health => {
                 let spec = self.spec.clone();
@@ -724,7 +764,11 @@ impl Actor {
                     self.spec.defined_at
                 );
                 warn!(daemon = %self.spec.name, "{error}");
-                self.stop().await;
+                self.stop(&format!(
+                    "it did not become ready within {:?}",
+                    self.spec.startup_timeout
+                ))
+                .await;
                 self.publish(DaemonState::Failed, Some(Some(error)));
             }
             (DaemonState::Ready, Ok(_)) => {
@@ -763,7 +807,19 @@ impl Actor {
     async fn fail_attempt(&mut self, error: String) {
         warn!(daemon = %self.spec.name, "{error}");
         let lived = self.running.as_ref().map(|r| r.spawned_at.elapsed());
-        self.stop().await;
+        // The cause without the output it quotes (the log has that just above).
+        let first_line = error
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split("; its last output")
+            .next()
+            .unwrap_or_default()
+            .split("; it wrote nothing")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        self.stop(&first_line).await;
         if lived.is_some_and(|l| l >= HEALTHY_PERIOD) {
             self.fast_failures = 0;
         }
@@ -774,6 +830,12 @@ impl Actor {
             (DaemonState::BackingOff, backoff(self.fast_failures))
         };
         self.timer = Some((tokio::time::Instant::now() + delay, Timer::Restart));
+        let next = if state == DaemonState::CrashLooping {
+            format!("crash-looping ({CRASH_LOOP_AFTER} quick failures in a row): next try in {delay:?}, or `mcpsm start {}`", self.spec.name)
+        } else {
+            format!("restarting in {:.1}s", delay.as_secs_f64())
+        };
+        logs::append_event(&self.log, &format!("{first_line}; {next}"));
         self.publish(state, Some(Some(error)));
     }
 }

@@ -4,7 +4,8 @@
 //! The manager opens `logs/NAME.log` itself (no links followed, 0600: errors reach the user
 //! by name) and starts this process with stdout on it, in a session of its own. This process
 //! runs COMMAND — same environment, working directory and arguments — with stdout and stderr
-//! on a pipe, and copies the pipe into the log through [`RotatingLog`]. It is the daemon's
+//! on a pipe, and copies the pipe into the log through [`RotatingLog`], each line stamped
+//! with the time it was read ([`Stamper`]). It is the daemon's
 //! session and group leader, so:
 //!
 //! - **It survives the manager** (killed, restarted) just as the daemon does, and the next
@@ -26,7 +27,7 @@ use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
-use super::logs::{RotatingLog, MAX_LOG_BYTES, ROTATED_LOGS};
+use super::logs::{RotatingLog, Stamper, MAX_LOG_BYTES, ROTATED_LOGS};
 use crate::platform::{self, log_writer as platform_writer};
 
 /// How long to keep copying after COMMAND exited, for output still in the pipe.
@@ -92,11 +93,12 @@ pub fn run(file: &Path, command: &[OsString]) -> ExitCode {
     let (done_tx, done) = std::sync::mpsc::channel::<()>();
     let copier = std::thread::spawn(move || {
         let mut reader = reader;
+        let mut stamper = Stamper::default();
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
             match reader.read(&mut buffer) {
                 Ok(0) => break,
-                Ok(n) => log.write(&buffer[..n]),
+                Ok(n) => log.write(stamper.stamp(&buffer[..n])),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break,
             }

@@ -6,6 +6,11 @@
 //! daemon never has more than `MAX_LOG_BYTES × (1 + ROTATED_LOGS)` on disk ([`LOG_CAP_BYTES`]),
 //! however fast it writes and whether or not a manager runs.
 //!
+//! Every line is stamped with the time it was written, in UTC to the millisecond
+//! (`2026-12-04T19:06:08.123Z `, [`Stamper`]), and the manager adds a line of its own for each
+//! start, stop and restart with the reason ([`append_event`]); `mcpsm logs --since` reads the
+//! stamps back ([`lines_since`]).
+//!
 //! Log files are opened without following symbolic links (a link is refused with an error that
 //! names it) and are made mode 0600 whatever the umask: they may hold secrets.
 
@@ -215,6 +220,125 @@ impl RotatingLog {
 
 /// The last `lines` lines of `path` (reading at most its last 64 KiB); nothing when it is
 /// missing or a link.
+/// Puts the time at the start of every line of a stream of output.
+#[derive(Default)]
+pub struct Stamper {
+    /// The next byte starts a line.
+    mid_line: bool,
+    out: Vec<u8>,
+}
+
+impl Stamper {
+    /// `data` with a stamp before each line that starts in it.
+    pub fn stamp(&mut self, data: &[u8]) -> &[u8] {
+        self.out.clear();
+        let stamp = timestamp(std::time::SystemTime::now());
+        for piece in data.split_inclusive(|b| *b == b'\n') {
+            if !self.mid_line {
+                self.out.extend_from_slice(stamp.as_bytes());
+                self.out.push(b' ');
+            }
+            self.out.extend_from_slice(piece);
+            self.mid_line = !piece.ends_with(b"\n");
+        }
+        &self.out
+    }
+}
+
+/// `2026-12-04T19:06:08.123Z`: UTC, milliseconds, always 24 characters.
+pub fn timestamp(at: std::time::SystemTime) -> String {
+    let millis = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let secs = (millis / 1000) as i64;
+    let (days, day_secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's days → civil date.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        day_secs / 3600,
+        day_secs % 3600 / 60,
+        day_secs % 60,
+        millis % 1000
+    )
+}
+
+/// The unix time in milliseconds of a line that starts with a [`timestamp`].
+pub fn stamp_of(line: &str) -> Option<u64> {
+    let stamp = line.get(..24)?;
+    let bytes = stamp.as_bytes();
+    if bytes[4] != b'-' || bytes[10] != b'T' || bytes[23] != b'Z' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| stamp.get(range)?.parse::<i64>().ok();
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second, milli) = (
+        number(11..13)?,
+        number(14..16)?,
+        number(17..19)?,
+        number(20..23)?,
+    );
+    // Civil date → days (the inverse of the above).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
+    u64::try_from(secs * 1000 + milli).ok()
+}
+
+/// Appends a line of the manager's own to a daemon's log: `STAMP mcpsm: TEXT`.
+pub fn append_event(path: &Path, text: &str) {
+    let line = format!(
+        "{} mcpsm: {text}\n",
+        timestamp(std::time::SystemTime::now())
+    );
+    if let Ok(mut file) = open_log(path) {
+        let _ = file.write_all(line.as_bytes());
+    }
+}
+
+/// The lines of `path` and its rotated files written at or after `cutoff` (unix
+/// milliseconds), oldest first. A line without a stamp goes with the line before it.
+pub fn lines_since(path: &Path, cutoff: u64) -> Vec<String> {
+    let mut files: Vec<PathBuf> = (1..=ROTATED_LOGS)
+        .rev()
+        .map(|n| numbered(path, n))
+        .collect();
+    files.push(path.to_path_buf());
+    let mut lines = Vec::new();
+    let mut keep = false;
+    for file in files {
+        let Ok(mut file) = open_log_for_reading(&file) else {
+            continue;
+        };
+        let mut bytes = Vec::new();
+        if file.read_to_end(&mut bytes).is_err() {
+            continue;
+        }
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            if let Some(at) = stamp_of(line) {
+                keep = at >= cutoff;
+            }
+            if keep {
+                lines.push(line.to_owned());
+            }
+        }
+    }
+    lines
+}
+
 pub fn tail(path: &Path, lines: usize) -> Vec<String> {
     tail_since(path, 0, lines)
 }
@@ -276,6 +400,43 @@ pub fn run_tail_for_message(path: &Path, since: u64, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stamps_start_every_line_and_read_back() {
+        let mut stamper = Stamper::default();
+        let first = String::from_utf8_lossy(stamper.stamp(b"a\nb")).into_owned();
+        let second = String::from_utf8_lossy(stamper.stamp(b"c\nd\n")).into_owned();
+        let lines: Vec<&str> = first
+            .split_inclusive('\n')
+            .chain(second.split_inclusive('\n'))
+            .collect();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(
+            lines[0].ends_with(" a\n") && stamp_of(lines[0]).is_some(),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines[2], "c\n",
+            "a line started in the chunk before keeps one stamp"
+        );
+        assert!(lines[3].ends_with(" d\n") && stamp_of(lines[3]).is_some());
+        assert_eq!(timestamp(std::time::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_796_411_168_123);
+        assert_eq!(timestamp(at), "2026-12-04T19:06:08.123Z");
+        assert_eq!(
+            stamp_of("2026-12-04T19:06:08.123Z x"),
+            Some(1_796_411_168_123)
+        );
+        assert_eq!(
+            stamp_of("2024-02-29T23:59:59.999Z"),
+            Some(1_709_251_199_999)
+        );
+        assert_eq!(
+            timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_709_251_199_999)),
+            "2024-02-29T23:59:59.999Z"
+        );
+        assert_eq!(stamp_of("not a stamp at all, but long enough"), None);
+    }
 
     #[test]
     fn tail_returns_the_last_lines() {

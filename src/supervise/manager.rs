@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::activity::Activity;
 use super::daemon::{unix_now, Adopted, Context, DaemonHandle, DaemonState, DaemonStatus};
 use super::idle::{self, Lease, Leases};
 use super::probe::probe;
@@ -72,6 +73,8 @@ pub struct Manager {
     /// restarts the idle clock: a daemon being ensured is never stopped as idle.
     idle_gate: tokio::sync::Mutex<()>,
     pub info: ManagerInfo,
+    /// Request figures from proxies and hosts.
+    pub activity: Activity,
 }
 
 impl Manager {
@@ -97,6 +100,7 @@ impl Manager {
             leases: Leases::default(),
             idle_gate: tokio::sync::Mutex::new(()),
             info,
+            activity: Activity::default(),
         }
     }
 
@@ -136,14 +140,16 @@ impl Manager {
     pub async fn ensure(&self, name: &str) -> Result<DaemonStatus, ManagerError> {
         let (handle, spec) = self.daemon(name).await?;
         self.touch(name).await;
-        self.with_usage(ready(handle.start(spec, false).await))
+        self.with_usage(ready(
+            handle.start(spec, false, "a client session needs it").await,
+        ))
     }
 
     /// Like `ensure`, but also retries a crash-looping or backing-off daemon at once.
     pub async fn start(&self, name: &str) -> Result<DaemonStatus, ManagerError> {
         let (handle, spec) = self.daemon(name).await?;
         self.touch(name).await;
-        self.with_usage(ready(handle.start(spec, true).await))
+        self.with_usage(ready(handle.start(spec, true, "`mcpsm start`").await))
     }
 
     /// Restarts the idle clock of `name`, after any idle stop already decided was queued.
@@ -238,7 +244,7 @@ impl Manager {
     pub async fn stop(&self, name: &str) -> Result<DaemonStatus, ManagerError> {
         let existing = self.daemons.lock().await.get(name).cloned();
         match existing {
-            Some(handle) => Ok(self.usage_of(handle.stop().await.with_uptime())),
+            Some(handle) => Ok(self.usage_of(handle.stop("`mcpsm stop`").await.with_uptime())),
             // Nothing runs; still say so for a known name, and refuse an unknown one.
             None => self.daemon(name).await.map(|(handle, _)| handle.status()),
         }
@@ -252,9 +258,9 @@ impl Manager {
 
     pub async fn restart(&self, name: &str) -> Result<DaemonStatus, ManagerError> {
         let (handle, spec) = self.daemon(name).await?;
-        handle.stop().await;
+        handle.stop("`mcpsm restart`").await;
         self.touch(name).await;
-        self.with_usage(ready(handle.start(spec, true).await))
+        self.with_usage(ready(handle.start(spec, true, "`mcpsm restart`").await))
     }
 
     pub async fn status(&self) -> StatusReport {
@@ -263,6 +269,13 @@ impl Manager {
             .iter()
             .map(|(name, handle)| (name.clone(), self.usage_of(handle.status().with_uptime())))
             .collect();
+        for status in daemons.values() {
+            if status.transport == TransportKind::Stdio.as_str()
+                && status.state != DaemonState::Ready
+            {
+                self.activity.host(&status.name, None);
+            }
+        }
         let hosts = daemons.values().filter_map(|status| {
             let port = status.port?;
             let running = status.transport == TransportKind::Stdio.as_str()
@@ -274,6 +287,7 @@ impl Manager {
             })
         });
         for (name, report) in futures_util::future::join_all(hosts).await {
+            self.activity.host(&name, report.as_ref());
             if let Some(status) = daemons.get_mut(&name) {
                 status.host = report;
             }
@@ -295,6 +309,9 @@ impl Manager {
             }
             Err(e) => Some(e.to_string()),
         };
+        for status in daemons.values_mut() {
+            status.figures = self.activity.figures(&status.name);
+        }
         StatusReport {
             manager: self.info.clone(),
             daemons: daemons.into_values().collect(),
@@ -318,9 +335,12 @@ impl Manager {
 
     pub async fn stop_all(&self) -> Vec<DaemonStatus> {
         let handles: Vec<DaemonHandle> = self.daemons.lock().await.values().cloned().collect();
-        let stops = handles
-            .iter()
-            .map(|handle| async move { handle.stop().await.with_uptime() });
+        let stops = handles.iter().map(|handle| async move {
+            handle
+                .stop("the manager stops every daemon (`mcpsm manager stop`)")
+                .await
+                .with_uptime()
+        });
         futures_util::future::join_all(stops).await
     }
 

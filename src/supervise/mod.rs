@@ -10,7 +10,9 @@
 //! started after a crash adopts them (pid + start time + an MCP answer, never the pid
 //! alone). [`idle`] counts each daemon's open client sessions (proxy leases) and says when
 //! one with none is stopped. [`client`] is the API's client, and starts a detached manager when none answers.
+//! [`activity`] adds up the request figures proxies and stdio hosts count.
 
+pub mod activity;
 pub mod client;
 pub mod daemon;
 pub mod environment;

@@ -30,7 +30,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
@@ -78,6 +78,8 @@ pub struct Hooks {
     pub recovered: Option<Arc<dyn Fn() + Send + Sync>>,
     /// Supplies `Authorization` (OAuth) and answers refusals; see [`Authorizer`].
     pub authorizer: Option<Arc<dyn Authorizer>>,
+    /// Counts each answered client request (latency, error or not) for the manager.
+    pub figures: Option<Arc<crate::metrics::Counters>>,
 }
 
 /// Why a message could not be delivered.
@@ -125,6 +127,8 @@ struct Pending {
     holds: u8,
     /// Held or queued until the daemon is back: not in flight.
     parked: bool,
+    /// When the client sent it (for the latency figures).
+    since: Instant,
 }
 
 /// What the client's session consists of, for replaying it to a new daemon session.
@@ -188,6 +192,7 @@ impl Shared {
                     task: None,
                     holds: 0,
                     parked: false,
+                    since: Instant::now(),
                 },
             );
         }
@@ -268,11 +273,12 @@ impl Shared {
         match (message.kind(), message.id()) {
             (Kind::Response, Some(id)) if !id.is_null() => {
                 // Matched by value: the daemon may have written the id another way.
-                let Some((asked, _)) = self.pending().remove_entry(id) else {
+                let Some((asked, pending)) = self.pending().remove_entry(id) else {
                     debug!(%id, "dropping a response to no pending request");
                     return;
                 };
                 self.idle.notify_waiters();
+                self.count(&pending, message.is_error());
                 let message = if asked.as_json() == id.as_json() {
                     message
                 } else {
@@ -315,12 +321,20 @@ impl Shared {
         self.established.store(true, Ordering::Release);
     }
 
+    /// Counts an answered client request in the figures the proxy reports.
+    fn count(&self, pending: &Pending, error: bool) {
+        if let Some(figures) = &self.hooks.figures {
+            figures.record(pending.since.elapsed(), error);
+        }
+    }
+
     /// Answers request `id` with an error, unless it was answered already.
     pub async fn fail(&self, id: &Id, failure: &Failure) {
         let Some((id, pending)) = self.pending().remove_entry(id) else {
             return;
         };
         self.idle.notify_waiters();
+        self.count(&pending, true);
         let error = self.error_message(&id, &pending.method, failure);
         self.respond(&id, error).await;
     }
@@ -341,6 +355,7 @@ impl Shared {
         };
         self.idle.notify_waiters();
         for (id, pending) in drained {
+            self.count(&pending, true);
             if let Some(task) = pending.task {
                 task.abort();
             }

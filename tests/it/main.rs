@@ -19,4 +19,5 @@ mod oauth;
 mod properties;
 mod real;
 mod recovery;
+mod status_page;
 mod stdio;

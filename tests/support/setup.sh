@@ -2,7 +2,8 @@
 # Installs the real MCP software mcpsm's integration tests drive, pinned by the files beside
 # this script:
 #   package.json + package-lock.json                 -> tests/support/node_modules
-#       (@modelcontextprotocol/server-everything, server-memory, sdk)
+#       (@modelcontextprotocol/server-everything, server-memory, sdk; playwright-core, which
+#        drives the system's chromium for the status page test: it downloads no browser)
 #   conformance/package.json + package-lock.json     -> tests/support/conformance/node_modules
 #       (@modelcontextprotocol/conformance and the `node` package: a Node 22 binary at
 #        conformance/node_modules/.bin/node, kept apart so it never shadows the system Node)
@@ -11,7 +12,8 @@
 #   reference-server/package.json + lock             -> tests/support/reference-server/node_modules
 #       (the suite's reference everything-server, a copy of its source with its LICENSE; run
 #        with Node 22 and tsx)
-#   requirements.txt                                 -> tests/support/.venv (official `mcp` SDK)
+#   requirements.txt                                 -> tests/support/.venv (official `mcp` SDK,
+#                                                       prometheus_client's text parser)
 #
 # Idempotent and quick when nothing changed: each part records a hash of its pin files (and the
 # tool version) in a stamp file and is skipped while the stamp matches. Quiet: one line per
@@ -110,7 +112,7 @@ if ! { [ -f "$VENV/.mcpsm-setup-stamp" ] && [ "$(cat "$VENV/.mcpsm-setup-stamp")
   fi
   run "pip install -r requirements.txt" \
     "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$HERE/requirements.txt"
-  run "importing the mcp SDK" "$VENV/bin/python" -c 'import mcp.client.stdio, mcp.server.fastmcp, uvicorn'
+  run "importing the mcp SDK" "$VENV/bin/python" -c 'import mcp.client.stdio, mcp.server.fastmcp, uvicorn, prometheus_client.parser'
   echo "$want" >"$VENV/.mcpsm-setup-stamp"
   echo "setup.sh: venv tests/support/.venv ($((SECONDS - t0)) s)"
   did=1
