@@ -10,6 +10,8 @@
 //!   is never cut.
 //! - Graceful stop: when `stop` resolves, no new connection is accepted, idle connections are
 //!   closed, and requests in flight are let finish.
+//! - TLS ([`serve_tls`]): the handshake runs in the connection's own task, bounded like a
+//!   request head, so a slow handshake never holds up accepting.
 
 use std::future::Future;
 use std::time::Duration;
@@ -41,7 +43,22 @@ pub async fn serve(
         .ok()
         .and_then(|ms| ms.parse().ok())
         .map_or(IDLE_TIMEOUT, Duration::from_millis);
-    serve_with(listener, router, stop, idle_timeout).await
+    serve_inner(listener, router, stop, idle_timeout, None).await
+}
+
+/// [`serve`], speaking TLS on every connection when `tls` is given (the stdio host as a
+/// network service). A handshake not done within [`IDLE_TIMEOUT`] closes the connection.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<()> {
+    let idle_timeout = std::env::var(IDLE_TIMEOUT_ENV)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(IDLE_TIMEOUT, Duration::from_millis);
+    serve_inner(listener, router, stop, idle_timeout, tls).await
 }
 
 /// [`serve`] with another idle timeout (tests).
@@ -50,6 +67,16 @@ pub async fn serve_with(
     router: Router,
     stop: impl Future<Output = ()> + Send + 'static,
     idle_timeout: Duration,
+) -> std::io::Result<()> {
+    serve_inner(listener, router, stop, idle_timeout, None).await
+}
+
+async fn serve_inner(
+    listener: TcpListener,
+    router: Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+    idle_timeout: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> std::io::Result<()> {
     let connections = TaskTracker::new();
     let stopping = CancellationToken::new();
@@ -78,34 +105,63 @@ pub async fn serve_with(
         if let Err(e) = stream.set_nodelay(true) {
             debug!("setting TCP_NODELAY failed: {e}");
         }
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(router.clone()),
-        );
         let stopping = stopping.clone();
-        connections.spawn(async move {
-            tokio::pin!(connection);
-            // Cancel-safe: the connection future is polled by reference and resumed below.
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        debug!("connection ended: {e}");
-                    }
-                    return;
-                }
-                () = stopping.cancelled() => {}
+        let http = http.clone();
+        let router = router.clone();
+        match &tls {
+            None => {
+                connections.spawn(drive(http, stream, router, stopping));
             }
-            connection.as_mut().graceful_shutdown();
-            if let Err(e) = connection.await {
-                debug!("connection ended: {e}");
+            Some(tls) => {
+                let tls = tls.clone();
+                connections.spawn(async move {
+                    // Cancel-safe: dropping a handshake only drops its connection.
+                    let stream = tokio::select! {
+                        done = tokio::time::timeout(idle_timeout, tls.accept(stream)) => match done {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => return debug!("TLS handshake failed: {e}"),
+                            Err(_) => return debug!("TLS handshake not done within {idle_timeout:?}"),
+                        },
+                        () = stopping.cancelled() => return,
+                    };
+                    drive(http, stream, router, stopping).await;
+                });
             }
-        });
+        }
     }
     drop(listener);
     stopping.cancel();
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// Serves one connection until it ends; when `stopping` fires, lets the request in flight
+/// finish and closes it.
+async fn drive<IO>(
+    http: hyper::server::conn::http1::Builder,
+    stream: IO,
+    router: Router,
+    stopping: CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    tokio::pin!(connection);
+    // Cancel-safe: the connection future is polled by reference and resumed below.
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                debug!("connection ended: {e}");
+            }
+            return;
+        }
+        () = stopping.cancelled() => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    if let Err(e) = connection.await {
+        debug!("connection ended: {e}");
+    }
 }
 
 fn is_connection_error(error: &std::io::Error) -> bool {
