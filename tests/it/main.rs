@@ -19,3 +19,4 @@ mod properties;
 mod real;
 mod recovery;
 mod stdio;
+mod team;
