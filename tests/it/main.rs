@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod clients;
 mod conformance;
+mod deploy;
 mod detection;
 mod doctor;
 mod environment;
