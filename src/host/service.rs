@@ -447,6 +447,88 @@ mod tests {
         assert!(!file.accepts("first"));
     }
 
+    /// A P-256 key: its PKCS#8 (for signing) and its JWK (for the JWKS) under `kid`.
+    fn es256_key(kid: &str) -> (Vec<u8>, Value) {
+        use base64::Engine as _;
+        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .expect("generate");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .expect("parse");
+        let point = pair.public_key().as_ref();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+            "x": b64.encode(&point[1..33]), "y": b64.encode(&point[33..65])});
+        (pkcs8.as_ref().to_vec(), jwk)
+    }
+
+    fn sign(pkcs8: &[u8], kid: &str, claims: &Value) -> String {
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_ec_der(pkcs8))
+            .expect("sign")
+    }
+
+    #[tokio::test]
+    async fn oidc_tokens_are_checked_against_the_issuers_jwks() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let issuer = format!("http://{}", listener.local_addr().expect("addr"));
+        let (first_key, first_jwk) = es256_key("one");
+        let (second_key, second_jwk) = es256_key("two");
+        let jwks = std::sync::Arc::new(Mutex::new(serde_json::json!({"keys": [first_jwk]})));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let router = {
+            let issuer = issuer.clone();
+            let jwks = jwks.clone();
+            let fetches = fetches.clone();
+            axum::Router::new()
+                .route(
+                    "/.well-known/openid-configuration",
+                    axum::routing::get(move || {
+                        let document = serde_json::json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")});
+                        async move { axum::Json(document) }
+                    }),
+                )
+                .route(
+                    "/jwks",
+                    axum::routing::get(move || {
+                        fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let set = jwks.lock().expect("lock").clone();
+                        async move { axum::Json(set) }
+                    }),
+                )
+        };
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let oidc = Oidc::new(&issuer, vec!["mcp-team".into()]).expect("oidc");
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let claims = serde_json::json!({"iss": issuer, "aud": "mcp-team", "sub": "ada", "exp": now + 300});
+        let claims = oidc
+            .validate(&sign(&first_key, "one", &claims))
+            .await
+            .expect("a valid token");
+        assert_eq!(claims["sub"], "ada");
+        let other_audience = serde_json::json!({"iss": issuer, "aud": "elsewhere", "exp": now + 300});
+        assert!(oidc.validate(&sign(&first_key, "one", &other_audience)).await.is_err());
+        let expired = serde_json::json!({"iss": issuer, "aud": "mcp-team", "exp": now - 3600});
+        assert!(oidc.validate(&sign(&first_key, "one", &expired)).await.is_err());
+        let forged = serde_json::json!({"iss": issuer, "aud": "mcp-team", "exp": now + 300});
+        // Signed by a key the issuer does not publish, under a known kid.
+        assert!(oidc.validate(&sign(&second_key, "one", &forged)).await.is_err());
+        // The issuer rotates: a token with the new kid makes the host fetch the JWKS again
+        // (once the minimum refresh interval has passed).
+        *jwks.lock().expect("lock") = serde_json::json!({"keys": [second_jwk]});
+        oidc.keys.lock().await.fetched = Some(Instant::now() - JWKS_MIN_REFRESH);
+        let before = fetches.load(std::sync::atomic::Ordering::Relaxed);
+        oidc.validate(&sign(&second_key, "two", &forged))
+            .await
+            .expect("a token signed by the rotated key");
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::Relaxed), before + 1);
+    }
+
     #[test]
     fn an_empty_token_file_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
