@@ -452,8 +452,8 @@ mod tests {
         use base64::Engine as _;
         use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
         let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .expect("generate");
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("generate");
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
             .expect("parse");
         let point = pair.public_key().as_ref();
@@ -466,13 +466,19 @@ mod tests {
     fn sign(pkcs8: &[u8], kid: &str, claims: &Value) -> String {
         let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
         header.kid = Some(kid.into());
-        jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_ec_der(pkcs8))
-            .expect("sign")
+        jsonwebtoken::encode(
+            &header,
+            claims,
+            &jsonwebtoken::EncodingKey::from_ec_der(pkcs8),
+        )
+        .expect("sign")
     }
 
     #[tokio::test]
     async fn oidc_tokens_are_checked_against_the_issuers_jwks() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let issuer = format!("http://{}", listener.local_addr().expect("addr"));
         let (first_key, first_jwk) = es256_key("one");
         let (second_key, second_jwk) = es256_key("two");
@@ -505,19 +511,30 @@ mod tests {
             .duration_since(SystemTime::UNIX_EPOCH)
             .expect("clock")
             .as_secs();
-        let claims = serde_json::json!({"iss": issuer, "aud": "mcp-team", "sub": "ada", "exp": now + 300});
+        let claims =
+            serde_json::json!({"iss": issuer, "aud": "mcp-team", "sub": "ada", "exp": now + 300});
         let claims = oidc
             .validate(&sign(&first_key, "one", &claims))
             .await
             .expect("a valid token");
         assert_eq!(claims["sub"], "ada");
-        let other_audience = serde_json::json!({"iss": issuer, "aud": "elsewhere", "exp": now + 300});
-        assert!(oidc.validate(&sign(&first_key, "one", &other_audience)).await.is_err());
+        let other_audience =
+            serde_json::json!({"iss": issuer, "aud": "elsewhere", "exp": now + 300});
+        assert!(oidc
+            .validate(&sign(&first_key, "one", &other_audience))
+            .await
+            .is_err());
         let expired = serde_json::json!({"iss": issuer, "aud": "mcp-team", "exp": now - 3600});
-        assert!(oidc.validate(&sign(&first_key, "one", &expired)).await.is_err());
+        assert!(oidc
+            .validate(&sign(&first_key, "one", &expired))
+            .await
+            .is_err());
         let forged = serde_json::json!({"iss": issuer, "aud": "mcp-team", "exp": now + 300});
         // Signed by a key the issuer does not publish, under a known kid.
-        assert!(oidc.validate(&sign(&second_key, "one", &forged)).await.is_err());
+        assert!(oidc
+            .validate(&sign(&second_key, "one", &forged))
+            .await
+            .is_err());
         // The issuer rotates: a token with the new kid makes the host fetch the JWKS again
         // (once the minimum refresh interval has passed).
         *jwks.lock().expect("lock") = serde_json::json!({"keys": [second_jwk]});
@@ -526,7 +543,10 @@ mod tests {
         oidc.validate(&sign(&second_key, "two", &forged))
             .await
             .expect("a token signed by the rotated key");
-        assert_eq!(fetches.load(std::sync::atomic::Ordering::Relaxed), before + 1);
+        assert_eq!(
+            fetches.load(std::sync::atomic::Ordering::Relaxed),
+            before + 1
+        );
     }
 
     #[test]

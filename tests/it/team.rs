@@ -328,3 +328,72 @@ fn a_drain_under_load_loses_no_request() {
         );
     }
 }
+
+fn make_cert(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let made = Command::new(crate::support::servers::python())
+        .arg(crate::support::support_dir().join("make_cert.py"))
+        .arg(dir)
+        .status()
+        .expect("run make_cert.py");
+    assert!(made.success());
+}
+
+/// An `initialize` through a fresh proxy trusting only `cert`: whether it was answered.
+fn initializes_trusting(home: &TestHome, url: &str, cert: &Path) -> bool {
+    let mut command = home.mcpsm();
+    command
+        .env("SSL_CERT_FILE", cert)
+        .args(["proxy", "--url", url, "--reconnect-timeout", "0s"])
+        .args(["--header", &format!("Authorization: Bearer {TOKEN}")]);
+    let mut proxy = Proxy::spawn_command(command);
+    proxy.send(&crate::support::initialize_request(0));
+    let (answer, _) = proxy.recv_response(&json!(0));
+    answer.get("result").is_some()
+}
+
+#[test]
+fn tls_certificates_are_reloaded_when_their_files_change() {
+    let home = TestHome::new();
+    let dir = setup(&home);
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    make_cert(&first);
+    make_cert(&second);
+    let live = dir.path().join("live");
+    std::fs::create_dir_all(&live).expect("mkdir");
+    for file in ["cert.pem", "key.pem"] {
+        std::fs::copy(first.join(file), live.join(file)).expect("copy");
+    }
+    let port = free_port();
+    let mut host = home.mcpsm();
+    host.args(["stdio-host", "--port", &port.to_string()])
+        .arg("--token-file")
+        .arg(dir.path().join("tokens"))
+        .arg("--tls-cert")
+        .arg(live.join("cert.pem"))
+        .arg("--tls-key")
+        .arg(live.join("key.pem"))
+        .arg("--")
+        .arg("node")
+        .arg(memory_js())
+        .env("MEMORY_FILE_PATH", dir.path().join("memory.json"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = host.spawn().expect("spawn mcpsm stdio-host");
+    let _replica = Replica { child, port };
+    wait_for(DEADLINE, "the host to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let url = format!("https://localhost:{port}/mcp");
+    assert!(initializes_trusting(&home, &url, &first.join("cert.pem")));
+    assert!(!initializes_trusting(&home, &url, &second.join("cert.pem")));
+    // Renewed in place (written aside, then renamed over, as cert-manager's volumes do).
+    for file in ["key.pem", "cert.pem"] {
+        std::fs::copy(second.join(file), live.join(format!("{file}.new"))).expect("copy");
+        std::fs::rename(live.join(format!("{file}.new")), live.join(file)).expect("rename");
+    }
+    wait_for(DEADLINE, "the renewed certificate to be served", || {
+        initializes_trusting(&home, &url, &second.join("cert.pem"))
+    });
+}
