@@ -129,6 +129,30 @@ async fn serve_inner(
             }
         }
     }
+    // Connections the kernel queued before the stop were made to us: serve their one request
+    // (closing the listener would reset them, and a balancer answers 502 for a POST it
+    // already sent). Each gets a token of its own, never cancelled: keep-alive is off instead.
+    let mut last = http.clone();
+    last.keep_alive(false);
+    while let Some(Ok((stream, _))) = futures_util::FutureExt::now_or_never(listener.accept()) {
+        let _ = stream.set_nodelay(true);
+        let (last, router) = (last.clone(), router.clone());
+        match &tls {
+            None => {
+                connections.spawn(drive(last, stream, router, CancellationToken::new()));
+            }
+            Some(tls) => {
+                let tls = tls.clone();
+                connections.spawn(async move {
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(idle_timeout, tls.accept(stream)).await
+                    {
+                        drive(last, stream, router, CancellationToken::new()).await;
+                    }
+                });
+            }
+        }
+    }
     drop(listener);
     stopping.cancel();
     connections.close();
@@ -158,11 +182,23 @@ async fn drive<IO>(
         }
         () = stopping.cancelled() => {}
     }
+    // A request may be on its way on a connection accepted just before the stop: shutting
+    // down now would close it unanswered (a balancer answers 502 for a POST it sent). Let it
+    // arrive first; an idle connection is closed after this pause.
+    if let Ok(result) = tokio::time::timeout(LAST_REQUEST_WAIT, connection.as_mut()).await {
+        if let Err(e) = result {
+            debug!("connection ended: {e}");
+        }
+        return;
+    }
     connection.as_mut().graceful_shutdown();
     if let Err(e) = connection.await {
         debug!("connection ended: {e}");
     }
 }
+
+/// How long a stopping server waits for a request that may be on its way on a connection.
+const LAST_REQUEST_WAIT: Duration = Duration::from_millis(200);
 
 fn is_connection_error(error: &std::io::Error) -> bool {
     use std::io::ErrorKind;
