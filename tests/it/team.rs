@@ -402,3 +402,38 @@ fn tls_certificates_are_reloaded_when_their_files_change() {
         initializes_trusting(&home, &url, &second.join("cert.pem"))
     });
 }
+
+#[test]
+fn doctor_checks_reachability_and_auth_of_a_team_service() {
+    let home = TestHome::new();
+    let dir = setup(&home);
+    let replica = start_replica(&home, dir.path(), 1);
+    let down = free_port();
+    home.write_registry(&format!(
+        "[daemons.team]\nurl = \"http://127.0.0.1:{port}/mcp\"\nheaders = {{ Authorization = \"Bearer ${{TEAM_TOKEN}}\" }}\n\n\
+         [daemons.tokenless]\nurl = \"http://127.0.0.1:{port}/mcp\"\n\n\
+         [daemons.gone]\nurl = \"http://127.0.0.1:{down}/mcp\"\n",
+        port = replica.port
+    ));
+    let mut command = home.mcpsm();
+    command
+        .env_remove("RUST_LOG")
+        .env("TEAM_TOKEN", TOKEN)
+        .arg("doctor");
+    let output = crate::support::servers::run_with_deadline(command, DEADLINE);
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        out.contains("ok    daemon team: http://127.0.0.1:") && out.contains("reachable"),
+        "{out}"
+    );
+    assert!(
+        out.contains("daemon tokenless:")
+            && out.contains("answered HTTP 401: no `Authorization` header is configured"),
+        "{out}"
+    );
+    assert!(
+        out.contains("daemon gone:") && out.contains("is not reachable"),
+        "{out}"
+    );
+    assert_eq!(output.status.code(), Some(1), "{out}");
+}
