@@ -104,9 +104,13 @@ Tokens are kept in MCPSM_HOME/oauth/ (0600); every session of the daemon uses th
 Examples:
   mcpsm stdio-host --port 3100 -- npx -y @modelcontextprotocol/server-memory
   mcpsm stdio-host --port 3101 --sharing isolated -- node browser-server.js
+  mcpsm stdio-host --bind 0.0.0.0 --port 8080 --token-file /run/secrets/tokens \\
+      --public-name mcp.example.com --drain-grace 20s --log-format json -- node server.js
 
 Every HTTP session gets its own Mcp-Session-Id; with --sharing shared (the default) they are
-multiplexed onto one server process, with --sharing isolated each gets its own.")]
+multiplexed onto one server process, with --sharing isolated each gets its own.
+/healthz answers while the host runs, /readyz while its server process answers (503 while
+draining), /metrics in Prometheus text; none of them needs a token.")]
     StdioHost(StdioHostArgs),
 
     /// Run COMMAND with its output appended to FILE, rotated by size (how the manager starts
@@ -302,7 +306,7 @@ pub struct LogWriterArgs {
 
 #[derive(Debug, Args)]
 pub struct StdioHostArgs {
-    /// The port to serve on (127.0.0.1 only); the endpoint is /mcp
+    /// The port to serve on; the endpoint is /mcp
     #[arg(long)]
     pub port: u16,
 
@@ -334,6 +338,62 @@ pub struct StdioHostArgs {
     /// The largest message accepted in either direction, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
+
+    /// The address to listen on. Anything but loopback needs --token-file or --oidc-issuer
+    #[arg(
+        long,
+        value_name = "IP",
+        default_value = "127.0.0.1",
+        help_heading = "Network service"
+    )]
+    pub bind: std::net::IpAddr,
+
+    /// Accept `Authorization: Bearer T` for every token T in FILE (one per line, `#` comments);
+    /// the file is read again when it changes, so tokens rotate without a restart
+    #[arg(long, value_name = "FILE", help_heading = "Network service")]
+    pub token_file: Option<std::path::PathBuf>,
+
+    /// Accept OIDC access tokens (JWTs) signed by this issuer's keys (its JWKS, found through
+    /// ISSUER/.well-known/openid-configuration)
+    #[arg(long, value_name = "ISSUER", help_heading = "Network service")]
+    pub oidc_issuer: Option<String>,
+
+    /// The audience (`aud`) OIDC access tokens must name (repeatable; required with
+    /// --oidc-issuer)
+    #[arg(long, value_name = "AUDIENCE", help_heading = "Network service")]
+    pub oidc_audience: Vec<String>,
+
+    /// Serve HTTPS with this certificate chain (PEM); reloaded when the file changes
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        help_heading = "Network service"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --tls-cert; reloaded when the file changes
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        help_heading = "Network service"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// A name clients reach this host by (repeatable): requests must carry it (or a loopback
+    /// name) in `Host`, and an `Origin` must be https://NAME. `*` accepts any Host
+    #[arg(long, value_name = "NAME", help_heading = "Network service")]
+    pub public_name: Vec<String>,
+
+    /// On SIGTERM: stop accepting, end GET streams, and give requests in flight this long to
+    /// finish before the server process is stopped
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration, help_heading = "Network service")]
+    pub drain_grace: std::time::Duration,
+
+    /// Log format: `text` on stderr, or `json` (one JSON object a line) on stdout
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"], help_heading = "Network service")]
+    pub log_format: String,
 
     /// The server's command and arguments
     #[arg(last = true, required = true, value_name = "COMMAND")]

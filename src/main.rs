@@ -8,11 +8,15 @@ fn main() -> ExitCode {
     quiet_on_closed_stdout();
     let cli = Cli::parse_from(mcpsm::cli::args_from_env());
     // The manager's log is where daemons' lives are told; everything else stays quiet.
+    let json_logs =
+        matches!(&cli.command, mcpsm::cli::Command::StdioHost(args) if args.log_format == "json");
+    // So is a team service's, when it logs for a collector.
     let default_level = match cli.command {
         mcpsm::cli::Command::Manager(_) => "info",
+        _ if json_logs => "info",
         _ => "warn",
     };
-    init_logging(cli.log_level.as_deref(), default_level);
+    init_logging(cli.log_level.as_deref(), default_level, json_logs);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -38,13 +42,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr only: stdout carries JSON-RPC. `--log-level` beats `RUST_LOG`.
-fn init_logging(level: Option<&str>, default_level: &str) {
+/// Logs go to stderr only: stdout carries JSON-RPC. `--log-level` beats `RUST_LOG`. The
+/// exception: `stdio-host --log-format json` writes JSON lines to stdout (where a container
+/// runtime collects them; the host's stdout carries nothing else).
+fn init_logging(level: Option<&str>, default_level: &str, json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(level) => EnvFilter::new(level),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
     };
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stdout)
+            .init();
+        return;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -10,6 +10,8 @@
 //!   is never cut.
 //! - Graceful stop: when `stop` resolves, no new connection is accepted, idle connections are
 //!   closed, and requests in flight are let finish.
+//! - TLS ([`serve_tls`]): the handshake runs in the connection's own task, bounded like a
+//!   request head, so a slow handshake never holds up accepting.
 
 use std::future::Future;
 use std::time::Duration;
@@ -41,7 +43,22 @@ pub async fn serve(
         .ok()
         .and_then(|ms| ms.parse().ok())
         .map_or(IDLE_TIMEOUT, Duration::from_millis);
-    serve_with(listener, router, stop, idle_timeout).await
+    serve_inner(listener, router, stop, idle_timeout, None).await
+}
+
+/// [`serve`], speaking TLS on every connection when `tls` is given (the stdio host as a
+/// network service). A handshake not done within [`IDLE_TIMEOUT`] closes the connection.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<()> {
+    let idle_timeout = std::env::var(IDLE_TIMEOUT_ENV)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(IDLE_TIMEOUT, Duration::from_millis);
+    serve_inner(listener, router, stop, idle_timeout, tls).await
 }
 
 /// [`serve`] with another idle timeout (tests).
@@ -50,6 +67,16 @@ pub async fn serve_with(
     router: Router,
     stop: impl Future<Output = ()> + Send + 'static,
     idle_timeout: Duration,
+) -> std::io::Result<()> {
+    serve_inner(listener, router, stop, idle_timeout, None).await
+}
+
+async fn serve_inner(
+    listener: TcpListener,
+    router: Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+    idle_timeout: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> std::io::Result<()> {
     let connections = TaskTracker::new();
     let stopping = CancellationToken::new();
@@ -78,28 +105,53 @@ pub async fn serve_with(
         if let Err(e) = stream.set_nodelay(true) {
             debug!("setting TCP_NODELAY failed: {e}");
         }
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(router.clone()),
-        );
         let stopping = stopping.clone();
-        connections.spawn(async move {
-            tokio::pin!(connection);
-            // Cancel-safe: the connection future is polled by reference and resumed below.
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        debug!("connection ended: {e}");
+        let http = http.clone();
+        let router = router.clone();
+        match &tls {
+            None => {
+                connections.spawn(drive(http, stream, router, stopping));
+            }
+            Some(tls) => {
+                let tls = tls.clone();
+                connections.spawn(async move {
+                    // Cancel-safe: dropping a handshake only drops its connection.
+                    let stream = tokio::select! {
+                        done = tokio::time::timeout(idle_timeout, tls.accept(stream)) => match done {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => return debug!("TLS handshake failed: {e}"),
+                            Err(_) => return debug!("TLS handshake not done within {idle_timeout:?}"),
+                        },
+                        () = stopping.cancelled() => return,
+                    };
+                    drive(http, stream, router, stopping).await;
+                });
+            }
+        }
+    }
+    // Connections the kernel queued before the stop were made to us: serve their one request
+    // (closing the listener would reset them, and a balancer answers 502 for a POST it
+    // already sent). Each gets a token of its own, never cancelled: keep-alive is off instead.
+    let mut last = http.clone();
+    last.keep_alive(false);
+    while let Some(Ok((stream, _))) = futures_util::FutureExt::now_or_never(listener.accept()) {
+        let _ = stream.set_nodelay(true);
+        let (last, router) = (last.clone(), router.clone());
+        match &tls {
+            None => {
+                connections.spawn(drive(last, stream, router, CancellationToken::new()));
+            }
+            Some(tls) => {
+                let tls = tls.clone();
+                connections.spawn(async move {
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(idle_timeout, tls.accept(stream)).await
+                    {
+                        drive(last, stream, router, CancellationToken::new()).await;
                     }
-                    return;
-                }
-                () = stopping.cancelled() => {}
+                });
             }
-            connection.as_mut().graceful_shutdown();
-            if let Err(e) = connection.await {
-                debug!("connection ended: {e}");
-            }
-        });
+        }
     }
     drop(listener);
     stopping.cancel();
@@ -107,6 +159,46 @@ pub async fn serve_with(
     connections.wait().await;
     Ok(())
 }
+
+/// Serves one connection until it ends; when `stopping` fires, lets the request in flight
+/// finish and closes it.
+async fn drive<IO>(
+    http: hyper::server::conn::http1::Builder,
+    stream: IO,
+    router: Router,
+    stopping: CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    tokio::pin!(connection);
+    // Cancel-safe: the connection future is polled by reference and resumed below.
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                debug!("connection ended: {e}");
+            }
+            return;
+        }
+        () = stopping.cancelled() => {}
+    }
+    // A request may be on its way on a connection accepted just before the stop: shutting
+    // down now would close it unanswered (a balancer answers 502 for a POST it sent). Let it
+    // arrive first; an idle connection is closed after this pause.
+    if let Ok(result) = tokio::time::timeout(LAST_REQUEST_WAIT, connection.as_mut()).await {
+        if let Err(e) = result {
+            debug!("connection ended: {e}");
+        }
+        return;
+    }
+    connection.as_mut().graceful_shutdown();
+    if let Err(e) = connection.await {
+        debug!("connection ended: {e}");
+    }
+}
+
+/// How long a stopping server waits for a request that may be on its way on a connection.
+const LAST_REQUEST_WAIT: Duration = Duration::from_millis(200);
 
 fn is_connection_error(error: &std::io::Error) -> bool {
     use std::io::ErrorKind;

@@ -280,6 +280,9 @@ async fn check_daemon(
         }
     }
     let Some(launch) = &spec.launch else {
+        if spec.oauth.is_none() && !check_url_daemon(spec, &subject, findings).await {
+            return;
+        }
         return check_handshake(spec, &subject, "", findings).await;
     };
     let spawned = base.apply(launch.clone(), settings.paths.home());
@@ -344,6 +347,105 @@ async fn check_daemon(
     }
     let running = format!("pid {}, ", own_pid.unwrap_or_default());
     check_handshake(spec, &subject, &running, findings).await;
+}
+
+/// A `url` daemon (a team service, a vendor's server): reachable, its TLS certificate
+/// trusted, its `headers` accepted. One POST with the registry's headers; `false` (with a
+/// finding) when the handshake need not be tried.
+async fn check_url_daemon(spec: &DaemonSpec, subject: &str, findings: &mut Findings) -> bool {
+    let Ok(client) = crate::transport::http::client(&spec.url) else {
+        return true;
+    };
+    let mut request = client
+        .post(spec.url.clone())
+        .timeout(PROBE_TIMEOUT)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":"mcpsm-doctor","method":"ping"}"#);
+    for (name, value) in &spec.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let host = spec.url.host_str().unwrap_or("?").to_owned();
+    match request.send().await {
+        Err(e) if is_tls_error(&e) => {
+            findings.fail(
+                subject,
+                format!("TLS with {host} failed: {}", error_chain(&e)),
+                "the certificate is not trusted or does not name the host: fix the server's certificate, or point SSL_CERT_FILE at the team's CA bundle".to_owned(),
+            );
+            false
+        }
+        Err(e) if e.is_connect() || e.is_timeout() => {
+            findings.fail(
+                subject,
+                format!("{} is not reachable: {}", spec.url, error_chain(&e)),
+                format!(
+                    "check the address ({}), DNS, VPN and firewall",
+                    spec.defined_at
+                ),
+            );
+            false
+        }
+        Err(_) => true,
+        Ok(response) if matches!(response.status().as_u16(), 401 | 403) => {
+            let sent = if spec
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+            {
+                "the `Authorization` header of the registry was refused"
+            } else {
+                "no `Authorization` header is configured"
+            };
+            findings.fail(
+                subject,
+                format!("{} answered HTTP {}: {sent}", spec.url, response.status().as_u16()),
+                format!(
+                    "set `headers = {{ Authorization = \"Bearer ${{TOKEN_VARIABLE}}\" }}` for daemon \"{}\" ({}) and export the token, or log in with `mcpsm login {}` if the service uses OAuth",
+                    spec.name, spec.defined_at, spec.name
+                ),
+            );
+            false
+        }
+        Ok(response) => {
+            let scheme = if spec.url.scheme() == "https" {
+                "TLS ok, "
+            } else {
+                ""
+            };
+            findings.ok(
+                subject,
+                format!(
+                    "{}reachable ({scheme}HTTP {} to a ping)",
+                    spec.url,
+                    response.status().as_u16()
+                ),
+            );
+            true
+        }
+    }
+}
+
+fn is_tls_error(error: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 /// MCP `initialize` over the daemon's transport; on failure, whether the other wire works.

@@ -23,18 +23,34 @@
 //! uses any more (per-project, isolated, unknown revisions) is stopped then. At most
 //! `max-sessions` children run at once.
 //!
-//! The front binds 127.0.0.1 only, refuses a non-loopback `Host` or a foreign `Origin` with
-//! 403, bounds request bodies, and, when the manager gave it a secret, answers 401 to any
-//! request without it. `GET /mcpsm/status` reports which children serve which sessions. On
-//! SIGTERM it ends every stream and stops its children at once.
+//! The front binds 127.0.0.1 by default, refuses a non-loopback `Host` or a foreign `Origin`
+//! with 403, bounds request bodies, and, when the manager gave it a secret, answers 401 to any
+//! request without it. `GET /mcpsm/status` reports which children serve which sessions.
+//!
+//! It can also serve a team ([`service`]): bound to another address it requires bearer tokens
+//! from a file and/or OIDC access tokens, checks `Host` against its public names, speaks TLS
+//! from cert/key files ([`tls`]), and answers `/healthz` (alive), `/readyz` (its server
+//! process answers a ping; 503 while draining) and `/metrics` ([`metrics`]) without a token.
+//! Replicas behind a balancer need nothing from each other: a sessionless (2026-07-28)
+//! request is served by whichever replica gets it, and a session a replica does not know
+//! (another replica's, or one from before a restart) is answered 404, which makes the proxy
+//! re-initialize wherever the balancer sends it.
+//!
+//! On SIGTERM it drains: `/readyz` turns 503, no connection is accepted any more, GET streams
+//! end (their proxies reconnect elsewhere), requests in flight get `drain-grace` to finish,
+//! and then its children are stopped.
 
 pub mod hub;
+pub mod metrics;
 pub mod modern;
 pub mod negotiate;
+pub mod service;
 pub mod stream;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,7 +63,7 @@ use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::jsonrpc::{method, Kind, Message};
 use hub::{ChildCommand, Hub, Session, SessionId, SessionInfo};
@@ -58,12 +74,20 @@ const SESSION_HEADER: &str = "mcp-session-id";
 pub const CWD_HEADER: &str = "mcpsm-client-cwd";
 /// Which children serve which sessions.
 pub const STATUS_PATH: &str = "/mcpsm/status";
-/// How long a stopping host waits for its connections to end.
+/// How long a stopping host waits for its server processes to end.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long `/readyz` waits for the server's answer to a ping.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Alive while the host runs.
+pub const HEALTHZ_PATH: &str = "/healthz";
+/// Ready while the server process answers and the host is not draining.
+pub const READYZ_PATH: &str = "/readyz";
+/// The host's figures, Prometheus text.
+pub const METRICS_PATH: &str = "/metrics";
 
 pub use crate::config::Sharing;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HostOptions {
     pub port: u16,
     pub sharing: Sharing,
@@ -74,8 +98,14 @@ pub struct HostOptions {
     pub grace: Duration,
     /// The most children at once.
     pub max_children: usize,
-    /// Requests must carry `Authorization: Bearer <secret>` when set.
-    pub secret: Option<String>,
+    /// Who may send requests (the manager's secret, tokens, OIDC) and by which names.
+    pub access: Arc<service::Access>,
+    /// HTTPS instead of HTTP.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// On SIGTERM, how long requests in flight may take to finish.
+    pub drain_grace: Duration,
+    /// Where it listens, for the log.
+    pub address: std::net::SocketAddr,
 }
 
 /// Which sessions one child serves.
@@ -100,6 +130,9 @@ struct Front {
     choosing: tokio::sync::Mutex<()>,
     /// Whether the server speaks 2026-07-28 itself, once a sessionless request asked.
     sessionless: tokio::sync::Mutex<Option<bool>>,
+    counters: metrics::Counters,
+    /// SIGTERM received: `/readyz` answers 503.
+    draining: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -264,6 +297,8 @@ pub async fn run(
         sessions: Mutex::new(HashMap::new()),
         choosing: tokio::sync::Mutex::new(()),
         sessionless: tokio::sync::Mutex::new(None),
+        counters: metrics::Counters::default(),
+        draining: AtomicBool::new(false),
     });
     if front.options.sharing == Sharing::Shared {
         let key = GroupKey {
@@ -287,13 +322,22 @@ pub async fn run(
             front.clone(),
             authorize,
         ))
-        .layer(axum::middleware::from_fn(loopback_only))
+        .layer(axum::middleware::from_fn_with_state(
+            front.clone(),
+            check_host,
+        ))
+        // The probes and the metrics: no token, any Host (a kubelet uses the pod's IP).
+        .route(HEALTHZ_PATH, axum::routing::get(|| async { "alive\n" }))
+        .route(READYZ_PATH, axum::routing::get(get_readyz))
+        .route(METRICS_PATH, axum::routing::get(get_metrics))
+        .layer(axum::middleware::from_fn_with_state(front.clone(), count))
         .with_state(front.clone());
     info!(
         daemon = %front.options.command.name,
         sharing = front.options.sharing.as_str(),
-        "stdio host listening on 127.0.0.1:{}",
-        front.options.port
+        "stdio host listening on {}://{}",
+        if front.options.tls.is_some() { "https" } else { "http" },
+        front.options.address
     );
     let stopping = CancellationToken::new();
     let stopper = {
@@ -301,16 +345,34 @@ pub async fn run(
         let stopping = stopping.clone();
         tokio::spawn(async move {
             stop.await;
-            info!("stopping: ending every stream and stopping the MCP server processes");
-            front.close_all();
+            info!(
+                "draining: no new connections, GET streams end, requests in flight have {:?} to finish",
+                front.options.drain_grace
+            );
+            front.draining.store(true, Ordering::Relaxed);
+            for attached in front.sessions().values() {
+                attached.session.close_stream();
+            }
             stopping.cancel();
         })
     };
-    let serve = crate::serve::serve(listener, router, stopping.clone().cancelled_owned());
+    let serve = crate::serve::serve_tls(
+        listener,
+        router,
+        stopping.clone().cancelled_owned(),
+        front.options.tls.clone(),
+    );
+    let grace = front.options.drain_grace;
     let served = tokio::select! {
-        served = serve => served,
+        served = serve => {
+            info!("drained: every request in flight was answered");
+            served
+        }
         // Connections that outlive their streams do not hold the stop up.
-        () = async { stopping.cancelled().await; tokio::time::sleep(STOP_GRACE).await } => Ok(()),
+        () = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
+            warn!("drain grace ({grace:?}) over with requests still in flight; stopping anyway");
+            Ok(())
+        }
     };
     stopper.abort();
     reaper.abort();
@@ -340,29 +402,116 @@ pub async fn fetch_status(port: u16, secret: &str) -> Option<Value> {
     serde_json::from_slice(&response.bytes().await.ok()?).ok()
 }
 
-/// 403 for a `Host` that is not loopback or an `Origin` from elsewhere (DNS rebinding).
-async fn loopback_only(request: Request, next: Next) -> Response {
-    if let Err(why) = crate::guard::check_loopback(request.headers()) {
+/// 403 for a `Host` that is neither loopback nor a public name, or an `Origin` from elsewhere
+/// (DNS rebinding).
+async fn check_host(State(front): State<Arc<Front>>, request: Request, next: Next) -> Response {
+    if let Err(why) = front.options.access.check_host(request.headers()) {
+        front.counters.forbidden.fetch_add(1, Ordering::Relaxed);
         return jsonrpc_error(StatusCode::FORBIDDEN, -32000, &why);
     }
     next.run(request).await
 }
 
-/// 401 without the host's secret, when it has one.
+/// 401 without an accepted credential, when the host checks them.
 async fn authorize(State(front): State<Arc<Front>>, request: Request, next: Next) -> Response {
-    if let Some(secret) = &front.options.secret {
-        if !crate::guard::bearer_matches(request.headers(), secret) {
-            return jsonrpc_error(
-                StatusCode::UNAUTHORIZED,
-                -32001,
-                &format!(
-                    "Unauthorized: daemon \"{}\" is run by mcpsm and answers only its proxies; connect with `mcpsm proxy --target {}`",
-                    front.options.command.name, front.options.command.name
-                ),
-            );
-        }
+    let access = &front.options.access;
+    if let Err(why) = access.authorize(request.headers()).await {
+        front.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+        let name = &front.options.command.name;
+        let message = if access.tokens.is_none() && access.oidc.is_none() {
+            format!("Unauthorized: daemon \"{name}\" is run by mcpsm and answers only its proxies; connect with `mcpsm proxy --target {name}`")
+        } else {
+            debug!("refused a request: {why}");
+            format!("Unauthorized: {why}; send `Authorization: Bearer TOKEN` with a token of this team service (in the registry: `headers = {{ Authorization = \"Bearer ${{TOKEN_VARIABLE}}\" }}`)")
+        };
+        let mut response = jsonrpc_error(StatusCode::UNAUTHORIZED, -32001, &message);
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"mcpsm\""),
+        );
+        return response;
     }
     next.run(request).await
+}
+
+/// Counts every response by status class, and the requests being handled.
+async fn count(State(front): State<Arc<Front>>, request: Request, next: Next) -> Response {
+    front.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+    let response = next.run(request).await;
+    front.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+    front.counters.count_status(response.status().as_u16());
+    response
+}
+
+/// `GET /readyz`: 200 once the server process answers a ping (any answer: a server without
+/// `ping` is alive too), 503 while it does not or once the host is draining.
+async fn get_readyz(State(front): State<Arc<Front>>) -> Response {
+    let unavailable = |why: String| (StatusCode::SERVICE_UNAVAILABLE, why + "\n").into_response();
+    if front.draining.load(Ordering::Relaxed) {
+        return unavailable("draining (SIGTERM received)".into());
+    }
+    let main = front
+        .groups()
+        .iter()
+        .find(|(key, _)| front.is_main(key))
+        .map(|(_, hub)| hub.clone());
+    let Some(hub) = main else {
+        return if front.options.sharing == Sharing::Shared {
+            unavailable("the server process is not running".into())
+        } else {
+            (
+                StatusCode::OK,
+                "ready (a server process starts per session)\n",
+            )
+                .into_response()
+        };
+    };
+    if hub.is_stopped() {
+        return unavailable("the server process is stopped".into());
+    }
+    let ping = match Message::parse(Bytes::from_static(
+        br#"{"jsonrpc":"2.0","id":"mcpsm-readyz","method":"ping"}"#,
+    )) {
+        Ok(ping) => ping,
+        Err(e) => return unavailable(e.to_string()),
+    };
+    let started = Instant::now();
+    match tokio::time::timeout(READY_TIMEOUT, hub.ask(ping, READY_TIMEOUT)).await {
+        Ok(Ok(_)) => (
+            StatusCode::OK,
+            format!(
+                "ready: the server answered a ping in {:?}\n",
+                started.elapsed()
+            ),
+        )
+            .into_response(),
+        Ok(Err(why)) => unavailable(format!("the server did not answer a ping: {why}")),
+        Err(_) => unavailable(format!(
+            "the server did not answer a ping within {READY_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// `GET /metrics`: the host's figures in the Prometheus text format.
+async fn get_metrics(State(front): State<Arc<Front>>) -> Response {
+    let hubs = front.hubs();
+    let children = hubs.iter().filter(|hub| !hub.is_stopped()).count();
+    let draining = front.draining.load(Ordering::Relaxed);
+    let gauges = metrics::Gauges {
+        sessions: front.sessions().len(),
+        children,
+        ready: !draining && (children > 0 || front.options.sharing != Sharing::Shared),
+        draining,
+    };
+    let text = metrics::render(&front.options.command.name, &front.counters, &gauges);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {
@@ -386,6 +535,10 @@ fn session_of(front: &Front, headers: &HeaderMap) -> Result<Arc<Attached>, Box<R
     };
     let found = front.sessions().get(id).cloned();
     found.ok_or_else(|| {
+        front
+            .counters
+            .unknown_sessions
+            .fetch_add(1, Ordering::Relaxed);
         Box::new(jsonrpc_error(
             StatusCode::NOT_FOUND,
             -32001,
@@ -449,6 +602,10 @@ async fn post_mcp(State(front): State<Arc<Front>>, headers: HeaderMap, body: Byt
         return initialize_session(&front, &headers, initialize).await;
     }
     if !headers.contains_key(SESSION_HEADER) && modern::is_sessionless(&headers, &messages) {
+        front
+            .counters
+            .sessionless_requests
+            .fetch_add(1, Ordering::Relaxed);
         return modern::post(&front, &headers, messages).await;
     }
     let attached = match session_of(&front, &headers) {
@@ -622,6 +779,10 @@ async fn initialize_session(
             group,
         }),
     );
+    front
+        .counters
+        .sessions_opened
+        .fetch_add(1, Ordering::Relaxed);
     debug!(session = %id, "new session");
     let mut response = json_answer(answer);
     if let Ok(value) = HeaderValue::from_str(&id) {
