@@ -1111,6 +1111,36 @@ headers = { Authorization = "Bearer ${MCPSM_TEST_TOKEN}" }
     }
 
     #[test]
+    fn oauth_grant_keys_resolve_and_incomplete_grants_are_refused() {
+        let registry = parse(
+            "[daemons.bot]\nurl = \"https://x/mcp\"\nauth = \"oauth\"\ngrant = \"client-credentials\"\nclient-id = \"bot\"\nprivate-key-file = \"/k.pem\"\nsigning-alg = \"ES256\"\ndpop = true\n",
+        )
+        .expect("valid");
+        let oauth = registry
+            .daemon("bot")
+            .expect("resolves")
+            .oauth
+            .expect("oauth");
+        assert_eq!(oauth.grant.grant, crate::auth::Grant::ClientCredentials);
+        assert_eq!(oauth.grant.private_key_file, Some(PathBuf::from("/k.pem")));
+        assert!(oauth.grant.dpop);
+        let error = |text: &str| match parse(text).expect("parses").daemon("a") {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e.to_string(),
+        };
+        let message = error("[daemons.a]\nurl = \"https://x/mcp\"\nauth = \"oauth\"\ngrant = \"id-jag\"\nclient-id = \"c\"\n");
+        assert!(message.contains("needs `id-token-file`"), "{message}");
+        let message =
+            error("[daemons.a]\nurl = \"https://x/mcp\"\nauth = \"oauth\"\ngrant = \"magic\"\n");
+        assert!(message.contains("`grant` must be"), "{message}");
+        let message = error("[daemons.a]\nurl = \"https://x/mcp\"\ndpop = true\n");
+        assert!(
+            message.contains("applies only with `auth = \"oauth\"`"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn unknown_key_names_line_key_and_suggestion() {
         let message = error("[daemons.memory]\ncomand = \"node\"\nport = 1\n");
         assert!(
