@@ -52,7 +52,7 @@ Examples:
 The proxy reads one JSON-RPC message per line on stdin and writes the daemon's messages to
 stdout, one per line; logs go to stderr. It ignores SIGINT, and exits 0 on stdin EOF, SIGTERM,
 SIGHUP or a closed stdout, ending its session on the daemon (DELETE, at most 0.5 s).")]
-    Proxy(ProxyArgs),
+    Proxy(Box<ProxyArgs>),
 
     /// Run the manager that owns the daemons (started on demand by proxies; rarely run by hand)
     #[command(after_help = "\
@@ -587,6 +587,90 @@ pub struct ProxyArgs {
     /// OAuth: never authorize; pass the server's 401 on to the client
     #[arg(long, help_heading = "OAuth (--url)")]
     pub no_oauth: bool,
+
+    /// OAuth: how to get tokens: authorization-code (the browser), client-credentials,
+    /// jwt-bearer (a workload's JWT), id-jag (enterprise ID token, SEP-990)
+    #[arg(
+        long,
+        value_name = "GRANT",
+        env = "MCPSM_OAUTH_GRANT",
+        default_value = "authorization-code",
+        value_parser = parse_grant,
+        help_heading = "OAuth (--url)"
+    )]
+    pub grant: crate::auth::Grant,
+
+    /// OAuth: authenticate the client with a JWT signed by this PKCS#8 PEM key (private_key_jwt)
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "MCPSM_OAUTH_PRIVATE_KEY_FILE",
+        help_heading = "OAuth (--url)"
+    )]
+    pub private_key_file: Option<std::path::PathBuf>,
+
+    /// OAuth: the key's signing algorithm (ES256, ES384, RS256, PS256, …) [default: from the key]
+    #[arg(
+        long,
+        value_name = "ALG",
+        env = "MCPSM_OAUTH_SIGNING_ALG",
+        help_heading = "OAuth (--url)"
+    )]
+    pub signing_alg: Option<String>,
+
+    /// OAuth (--grant jwt-bearer): the file holding the workload's JWT, read at each grant
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "MCPSM_OAUTH_ASSERTION_FILE",
+        help_heading = "OAuth (--url)"
+    )]
+    pub assertion_file: Option<std::path::PathBuf>,
+
+    /// OAuth (--grant id-jag): the file holding the user's ID token from the identity provider
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "MCPSM_OAUTH_ID_TOKEN_FILE",
+        help_heading = "OAuth (--url)"
+    )]
+    pub id_token_file: Option<std::path::PathBuf>,
+
+    /// OAuth (--grant id-jag): the identity provider's token endpoint
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "MCPSM_OAUTH_IDP_TOKEN_ENDPOINT",
+        help_heading = "OAuth (--url)"
+    )]
+    pub idp_token_endpoint: Option<String>,
+
+    /// OAuth (--grant id-jag): mcpsm's client id at the identity provider
+    #[arg(
+        long,
+        value_name = "ID",
+        env = "MCPSM_OAUTH_IDP_CLIENT_ID",
+        help_heading = "OAuth (--url)"
+    )]
+    pub idp_client_id: Option<String>,
+
+    /// OAuth (--grant id-jag): that client's secret (prefer the environment variable)
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "MCPSM_OAUTH_IDP_CLIENT_SECRET",
+        hide_env_values = true,
+        help_heading = "OAuth (--url)"
+    )]
+    pub idp_client_secret: Option<String>,
+
+    /// OAuth: DPoP-bound tokens (RFC 9449): a proof signed by mcpsm's key on every request
+    #[arg(long, env = "MCPSM_OAUTH_DPOP", help_heading = "OAuth (--url)")]
+    pub dpop: bool,
+}
+
+fn parse_grant(text: &str) -> Result<crate::auth::Grant, String> {
+    crate::auth::Grant::parse(text).ok_or_else(|| format!("must be {}", crate::auth::Grant::NAMES))
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

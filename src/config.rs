@@ -197,6 +197,16 @@ struct RawDaemon {
     client_secret: Option<Spanned<String>>,
     scopes: Option<Spanned<String>>,
     callback_port: Option<Spanned<u16>>,
+    /// Grants without a browser and DPoP (`crate::auth::GrantSettings`).
+    grant: Option<Spanned<String>>,
+    private_key_file: Option<Spanned<String>>,
+    signing_alg: Option<Spanned<String>>,
+    assertion_file: Option<Spanned<String>>,
+    id_token_file: Option<Spanned<String>>,
+    idp_token_endpoint: Option<Spanned<String>>,
+    idp_client_id: Option<Spanned<String>>,
+    idp_client_secret: Option<Spanned<String>>,
+    dpop: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -272,6 +282,8 @@ pub struct OAuthSpec {
     pub scopes: Option<String>,
     /// 0 = a free port.
     pub callback_port: u16,
+    /// `grant`, its keys, and `dpop`.
+    pub grant: crate::auth::GrantSettings,
 }
 
 impl DaemonSpec {
@@ -494,6 +506,33 @@ impl Registry {
                         "callback-port",
                         body.callback_port.as_ref().map(Spanned::span),
                     ),
+                    ("grant", body.grant.as_ref().map(Spanned::span)),
+                    (
+                        "private-key-file",
+                        body.private_key_file.as_ref().map(Spanned::span),
+                    ),
+                    ("signing-alg", body.signing_alg.as_ref().map(Spanned::span)),
+                    (
+                        "assertion-file",
+                        body.assertion_file.as_ref().map(Spanned::span),
+                    ),
+                    (
+                        "id-token-file",
+                        body.id_token_file.as_ref().map(Spanned::span),
+                    ),
+                    (
+                        "idp-token-endpoint",
+                        body.idp_token_endpoint.as_ref().map(Spanned::span),
+                    ),
+                    (
+                        "idp-client-id",
+                        body.idp_client_id.as_ref().map(Spanned::span),
+                    ),
+                    (
+                        "idp-client-secret",
+                        body.idp_client_secret.as_ref().map(Spanned::span),
+                    ),
+                    ("dpop", body.dpop.as_ref().map(Spanned::span)),
                 ];
                 if let Some((key, Some(span))) = stray.into_iter().find(|(_, s)| s.is_some()) {
                     return Err(located(
@@ -510,11 +549,45 @@ impl Registry {
                         "`auth = \"oauth\"` applies only to daemons with `url`".into(),
                     ));
                 }
+                let grant_kind = match &body.grant {
+                    None => crate::auth::Grant::default(),
+                    Some(text) => crate::auth::Grant::parse(text.get_ref()).ok_or_else(|| {
+                        located(
+                            text.span(),
+                            format!(
+                                "`grant` must be {}, got `{}`",
+                                crate::auth::Grant::NAMES,
+                                text.get_ref()
+                            ),
+                        )
+                    })?,
+                };
+                let path = |value: &Option<Spanned<String>>| {
+                    value
+                        .as_ref()
+                        .map(|v| expand(v).map(PathBuf::from))
+                        .transpose()
+                };
+                let grant = crate::auth::GrantSettings {
+                    grant: grant_kind,
+                    private_key_file: path(&body.private_key_file)?,
+                    signing_alg: body.signing_alg.as_ref().map(expand).transpose()?,
+                    assertion_file: path(&body.assertion_file)?,
+                    id_token_file: path(&body.id_token_file)?,
+                    idp_token_endpoint: body.idp_token_endpoint.as_ref().map(expand).transpose()?,
+                    idp_client_id: body.idp_client_id.as_ref().map(expand).transpose()?,
+                    idp_client_secret: body.idp_client_secret.as_ref().map(expand).transpose()?,
+                    dpop: body.dpop.as_ref().is_some_and(|d| *d.get_ref()),
+                };
+                grant
+                    .check(body.client_id.is_some(), |key| format!("`{key}`"))
+                    .map_err(|message| located(kind.span(), message))?;
                 Some(OAuthSpec {
                     client_id: body.client_id.as_ref().map(expand).transpose()?,
                     client_secret: body.client_secret.as_ref().map(expand).transpose()?,
                     scopes: body.scopes.as_ref().map(expand).transpose()?,
                     callback_port: body.callback_port.as_ref().map_or(0, |p| *p.get_ref()),
+                    grant,
                 })
             }
             Some(kind) => {
@@ -1034,6 +1107,36 @@ headers = { Authorization = "Bearer ${MCPSM_TEST_TOKEN}" }
         assert_eq!(
             search.headers,
             [("Authorization".into(), "Bearer s3cret".into())]
+        );
+    }
+
+    #[test]
+    fn oauth_grant_keys_resolve_and_incomplete_grants_are_refused() {
+        let registry = parse(
+            "[daemons.bot]\nurl = \"https://x/mcp\"\nauth = \"oauth\"\ngrant = \"client-credentials\"\nclient-id = \"bot\"\nprivate-key-file = \"/k.pem\"\nsigning-alg = \"ES256\"\ndpop = true\n",
+        )
+        .expect("valid");
+        let oauth = registry
+            .daemon("bot")
+            .expect("resolves")
+            .oauth
+            .expect("oauth");
+        assert_eq!(oauth.grant.grant, crate::auth::Grant::ClientCredentials);
+        assert_eq!(oauth.grant.private_key_file, Some(PathBuf::from("/k.pem")));
+        assert!(oauth.grant.dpop);
+        let error = |text: &str| match parse(text).expect("parses").daemon("a") {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e.to_string(),
+        };
+        let message = error("[daemons.a]\nurl = \"https://x/mcp\"\nauth = \"oauth\"\ngrant = \"id-jag\"\nclient-id = \"c\"\n");
+        assert!(message.contains("needs `id-token-file`"), "{message}");
+        let message =
+            error("[daemons.a]\nurl = \"https://x/mcp\"\nauth = \"oauth\"\ngrant = \"magic\"\n");
+        assert!(message.contains("`grant` must be"), "{message}");
+        let message = error("[daemons.a]\nurl = \"https://x/mcp\"\ndpop = true\n");
+        assert!(
+            message.contains("applies only with `auth = \"oauth\"`"),
+            "{message}"
         );
     }
 

@@ -12,10 +12,12 @@ impl Challenge {
     pub fn parse(header: &str) -> Challenge {
         let mut params = HashMap::new();
         let text = header.trim();
-        // Only the Bearer challenge matters; tolerate a missing scheme.
+        // Only the Bearer (or DPoP, RFC 9449 §7.1) challenge matters; tolerate a missing
+        // scheme.
         let text = match text.find(|c: char| c.is_whitespace()) {
             Some(at) if !text[..at].contains('=') => {
-                if !text[..at].eq_ignore_ascii_case("bearer") {
+                let scheme = &text[..at];
+                if !scheme.eq_ignore_ascii_case("bearer") && !scheme.eq_ignore_ascii_case("dpop") {
                     return Challenge { params };
                 }
                 &text[at..]

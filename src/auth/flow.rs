@@ -123,7 +123,7 @@ pub async fn client(
 
 /// The token endpoint authentication for a client with or without a secret: Basic unless
 /// the server lists only `client_secret_post` (RFC 8414's default is Basic).
-fn default_method(supported: Option<&[String]>, has_secret: bool) -> String {
+pub fn default_method(supported: Option<&[String]>, has_secret: bool) -> String {
     if !has_secret {
         return "none".into();
     }
@@ -173,9 +173,31 @@ pub fn authorization_url(
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,
+    token_type: Option<String>,
     refresh_token: Option<String>,
     expires_in: Option<u64>,
     scope: Option<String>,
+}
+
+/// What a token endpoint granted.
+pub struct Granted {
+    pub access: Secret,
+    pub refresh: Option<Secret>,
+    pub expires_at: Option<u64>,
+    pub scope: Option<String>,
+    /// `Bearer`, or `DPoP` for a token bound to mcpsm's DPoP key.
+    pub token_type: Option<String>,
+}
+
+/// `Authorization: Basic` for a client id and secret (RFC 6749 §2.3.1: each form-encoded).
+pub fn basic_header(client_id: &str, secret: &str) -> String {
+    let encode =
+        |s: &str| -> String { url::form_urlencoded::byte_serialize(s.as_bytes()).collect() };
+    let pair = format!("{}:{}", encode(client_id), encode(secret));
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
 }
 
 /// A token endpoint request with the client's authentication.
@@ -184,34 +206,29 @@ pub async fn token_request(
     found_token_endpoint: &str,
     client: &Client,
     mut form: Vec<(&str, String)>,
-) -> Result<(Secret, Option<Secret>, Option<u64>, Option<String>), AuthError> {
+) -> Result<Granted, AuthError> {
     let mut basic = None;
     match (client.auth_method.as_str(), &client.client_secret) {
         ("client_secret_basic", Some(secret)) => {
-            let encode = |s: &str| -> String {
-                url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-            };
-            let pair = format!("{}:{}", encode(&client.client_id), encode(&secret.0));
-            basic = Some(format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(pair)
-            ));
+            basic = Some(basic_header(&client.client_id, &secret.0));
         }
         ("client_secret_post", Some(secret)) => {
             form.push(("client_id", client.client_id.clone()));
             form.push(("client_secret", secret.0.clone()));
         }
+        _ if client.client_id.is_empty() => {}
         _ => form.push(("client_id", client.client_id.clone())),
     }
     let response: TokenResponse = http
         .post_form(found_token_endpoint, &form, basic.as_deref())
         .await?;
-    Ok((
-        Secret(response.access_token),
-        response.refresh_token.map(Secret),
-        response.expires_in.map(|s| now() + s),
-        response.scope,
-    ))
+    Ok(Granted {
+        access: Secret(response.access_token),
+        refresh: response.refresh_token.map(Secret),
+        expires_at: response.expires_in.map(|s| now() + s),
+        scope: response.scope,
+        token_type: response.token_type,
+    })
 }
 
 /// Exchanges an authorization code for tokens.
@@ -232,13 +249,13 @@ pub async fn exchange_code(
         ("code_verifier", verifier),
         ("resource", found.resource.clone()),
     ];
-    let (access, refresh, expires_at, scope) =
-        token_request(http, &found.metadata.token_endpoint, client, form).await?;
+    let granted = token_request(http, &found.metadata.token_endpoint, client, form).await?;
     Ok(Tokens {
-        access_token: access,
-        refresh_token: refresh,
-        expires_at,
-        scope,
+        access_token: granted.access,
+        refresh_token: granted.refresh,
+        expires_at: granted.expires_at,
+        scope: granted.scope,
+        token_type: granted.token_type,
         requested_scope,
         resource: found.resource.clone(),
         issuer: found.issuer.clone(),
@@ -259,13 +276,13 @@ pub async fn refresh(http: &Http, client: &Client, tokens: &Tokens) -> Result<To
         ("refresh_token", refresh_token.0.clone()),
         ("resource", tokens.resource.clone()),
     ];
-    let (access, refresh, expires_at, scope) =
-        token_request(http, &tokens.token_endpoint, client, form).await?;
+    let granted = token_request(http, &tokens.token_endpoint, client, form).await?;
     Ok(Tokens {
-        access_token: access,
-        refresh_token: refresh.or_else(|| tokens.refresh_token.clone()),
-        expires_at,
-        scope: scope.or_else(|| tokens.scope.clone()),
+        access_token: granted.access,
+        refresh_token: granted.refresh.or_else(|| tokens.refresh_token.clone()),
+        expires_at: granted.expires_at,
+        scope: granted.scope.or_else(|| tokens.scope.clone()),
+        token_type: granted.token_type.or_else(|| tokens.token_type.clone()),
         refreshed_at: Some(now()),
         ..tokens.clone()
     })

@@ -21,7 +21,10 @@
 mod browser;
 mod challenge;
 mod discovery;
+mod dpop;
 mod flow;
+mod grants;
+mod jwt;
 pub mod store;
 
 use std::sync::RwLock;
@@ -35,7 +38,8 @@ use url::Url;
 pub use browser::OPENER_ENV;
 use challenge::Challenge;
 use discovery::Discovered;
-use store::{now, Record, Store, Tokens};
+pub use grants::{Grant, GrantSettings};
+use store::{now, Client, Record, Store, Tokens};
 
 use crate::transport::{http, AuthFuture, Authorizer};
 
@@ -77,6 +81,8 @@ pub struct Settings {
     pub opener: Option<String>,
     /// How long the user has to finish in the browser.
     pub login_timeout: Duration,
+    /// Grants without a browser, and DPoP ([`grants`]).
+    pub grant: GrantSettings,
 }
 
 /// The settings of a registry daemon's `auth = "oauth"` keys.
@@ -89,6 +95,7 @@ pub fn settings_of(spec: &crate::config::OAuthSpec) -> Settings {
         callback_port: spec.callback_port,
         opener: None,
         login_timeout: Duration::from_secs(300),
+        grant: spec.grant.clone(),
     }
 }
 
@@ -124,10 +131,12 @@ pub fn forget(home: &std::path::Path, key: &str) -> Result<bool, AuthError> {
 /// The HTTP requests of discovery and the token endpoint.
 pub struct Http {
     client: reqwest::Client,
+    /// Proofs on token requests when tokens are DPoP-bound.
+    dpop: Option<std::sync::Arc<dpop::Dpop>>,
 }
 
 impl Http {
-    fn new(server: &Url) -> Result<Http, AuthError> {
+    fn new(server: &Url, dpop: Option<std::sync::Arc<dpop::Dpop>>) -> Result<Http, AuthError> {
         http::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -138,7 +147,7 @@ impl Http {
         let client = builder
             .build()
             .map_err(|e| AuthError::Http(e.to_string()))?;
-        Ok(Http { client })
+        Ok(Http { client, dpop })
     }
 
     /// A JSON document, or `None` when there is none at `url` (any non-2xx, or not JSON).
@@ -183,19 +192,31 @@ impl Http {
         let body: String = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
             .finish();
-        let mut request = self
-            .client
-            .post(url)
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(ACCEPT, http::JSON)
-            .body(body);
-        if let Some(basic) = basic {
-            let mut value =
-                HeaderValue::from_str(basic).map_err(|e| AuthError::Token(e.to_string()))?;
-            value.set_sensitive(true);
-            request = request.header(AUTHORIZATION, value);
+        let basic = match basic {
+            Some(basic) => {
+                let mut value =
+                    HeaderValue::from_str(basic).map_err(|e| AuthError::Token(e.to_string()))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let make = || {
+            let request = self
+                .client
+                .post(url)
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(ACCEPT, http::JSON)
+                .body(body.clone());
+            match &basic {
+                Some(value) => request.header(AUTHORIZATION, value.clone()),
+                None => request,
+            }
+        };
+        match &self.dpop {
+            Some(dpop) => dpop.post(url, make).await,
+            None => self.answer(url, make()).await,
         }
-        self.answer(url, request).await
     }
 
     async fn answer<T: DeserializeOwned>(
@@ -211,9 +232,17 @@ impl Http {
         let body = http::read_body(response, BODY_LIMIT)
             .await
             .map_err(|e| AuthError::Http(format!("POST {url}: {e}")))?;
+        Self::parse(url, status, &body)
+    }
+
+    fn parse<T: DeserializeOwned>(
+        url: &str,
+        status: reqwest::StatusCode,
+        body: &[u8],
+    ) -> Result<T, AuthError> {
         if !status.is_success() {
             // An OAuth error body names the error; say that, not the whole body.
-            let error: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+            let error: Option<serde_json::Value> = serde_json::from_slice(body).ok();
             let what = error
                 .as_ref()
                 .and_then(|e| {
@@ -224,13 +253,13 @@ impl Http {
                         .unwrap_or("");
                     Some(format!("{code} {text}").trim().to_owned())
                 })
-                .unwrap_or_else(|| http::excerpt(&body));
+                .unwrap_or_else(|| http::excerpt(body));
             return Err(AuthError::Token(format!(
                 "{url} answered HTTP {}: {what}",
                 status.as_u16()
             )));
         }
-        serde_json::from_slice(&body).map_err(|e| {
+        serde_json::from_slice(body).map_err(|e| {
             AuthError::Token(format!(
                 "{url} answered something that is not the expected JSON ({e})"
             ))
@@ -265,8 +294,14 @@ impl OAuth {
         store_key: &str,
     ) -> Result<OAuth, AuthError> {
         let store = Store::new(home, store_key);
+        let dpop = match settings.grant.dpop {
+            true => Some(std::sync::Arc::new(dpop::Dpop::load_or_create(
+                &store.path().with_extension("dpop"),
+            )?)),
+            false => None,
+        };
         let oauth = OAuth {
-            http: Http::new(&server)?,
+            http: Http::new(&server, dpop)?,
             server,
             label,
             settings,
@@ -292,7 +327,7 @@ impl OAuth {
     }
 
     fn adopt(&self, tokens: &Tokens) {
-        let value = HeaderValue::from_str(&format!("Bearer {}", tokens.access_token.0)).ok();
+        let value = HeaderValue::from_str(&Self::header_text(tokens)).ok();
         let value = value.map(|mut v| {
             v.set_sensitive(true);
             // Only a token that can be refreshed is refreshed ahead of time.
@@ -301,9 +336,14 @@ impl OAuth {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = value;
     }
 
+    /// `Bearer TOKEN`, or `DPoP TOKEN` for a DPoP-bound one.
+    fn header_text(tokens: &Tokens) -> String {
+        let scheme = dpop::scheme(tokens.token_type.as_deref());
+        format!("{scheme} {}", tokens.access_token.0)
+    }
+
     fn matches(tokens: &Tokens, header: Option<&HeaderValue>) -> bool {
-        header
-            .is_some_and(|h| h.as_bytes() == format!("Bearer {}", tokens.access_token.0).as_bytes())
+        header.is_some_and(|h| h.as_bytes() == Self::header_text(tokens).as_bytes())
     }
 
     fn expiring(expires_at: Option<u64>) -> bool {
@@ -464,6 +504,12 @@ impl OAuth {
             .or_else(|| challenge.scope().map(str::to_owned))
             .or_else(|| found.resource_scopes.as_ref().map(|s| s.join(" ")))
             .filter(|s| !s.trim().is_empty());
+        if let Some((client, tokens)) =
+            grants::obtain(&self.http, &found, &self.settings, scope.clone()).await?
+        {
+            info!("{}: authorized by {}", self.label, found.issuer);
+            return self.keep(record, client, tokens);
+        }
         // SEP-2207: ask for a refresh token where the server offers `offline_access`.
         let offers_offline = found
             .metadata
@@ -550,6 +596,11 @@ impl OAuth {
         )
         .await?;
         info!("{}: authorized by {}", self.label, found.issuer);
+        self.keep(record, client, tokens)
+    }
+
+    /// Stores and uses new tokens.
+    fn keep(&self, record: &mut Record, client: Client, tokens: Tokens) -> Result<(), AuthError> {
         record.server = self.server.to_string();
         record.client = Some(client);
         record.tokens = Some(tokens);
@@ -589,6 +640,20 @@ impl Authorizer for OAuth {
         })
     }
 
+    fn proof(&self, method: &str, url: &Url, header: &HeaderValue) -> Option<HeaderValue> {
+        let dpop = self.http.dpop.as_ref()?;
+        let token = header.to_str().ok()?.strip_prefix("DPoP ")?;
+        dpop.proof(method, url, Some(token))
+            .map_err(|e| debug!("{}: {e}", self.label))
+            .ok()
+    }
+
+    fn observe(&self, url: &Url, headers: &reqwest::header::HeaderMap) {
+        if let Some(dpop) = &self.http.dpop {
+            dpop.observe(url, headers);
+        }
+    }
+
     fn refused<'a>(
         &'a self,
         status: u16,
@@ -596,6 +661,10 @@ impl Authorizer for OAuth {
         sent: Option<&'a HeaderValue>,
     ) -> AuthFuture<'a, Result<(), String>> {
         Box::pin(async move {
+            // RFC 9449 §9: the server wants its nonce in the proof; it came with the refusal.
+            if self.http.dpop.is_some() && challenge.is_some_and(dpop::wants_nonce) {
+                return Ok(());
+            }
             let _flight = self.flight.lock().await;
             let current = self.current().map(|c| c.0);
             if current.is_some() && current.as_ref() != sent {

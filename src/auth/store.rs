@@ -29,7 +29,7 @@ pub struct Client {
     pub issuer: String,
     pub client_id: String,
     pub client_secret: Option<Secret>,
-    /// `none`, `client_secret_basic` or `client_secret_post`.
+    /// `none`, `client_secret_basic`, `client_secret_post` or `private_key_jwt`.
     pub auth_method: String,
     /// The redirect URI it was registered with (dynamic registration only).
     pub redirect_uri: Option<String>,
@@ -54,6 +54,9 @@ pub struct Tokens {
     pub token_endpoint: String,
     pub obtained_at: u64,
     pub refreshed_at: Option<u64>,
+    /// `DPoP` for a token bound to mcpsm's DPoP key (RFC 9449); else a bearer token.
+    #[serde(default)]
+    pub token_type: Option<String>,
 }
 
 /// Everything stored for one server.
@@ -219,6 +222,7 @@ mod tests {
                 token_endpoint: "t".into(),
                 obtained_at: 0,
                 refreshed_at: None,
+                token_type: None,
             }),
         };
         store.save(&record).unwrap();

@@ -350,11 +350,19 @@ fn oauth_for(
                 callback_port: args.callback_port,
                 opener: None,
                 login_timeout: Duration::from_secs(300),
+                grant: grant_of(args),
             },
             url.clone(),
         ),
         (None, None) => return None,
     };
+    if let Err(e) = settings
+        .grant
+        .check(settings.client_id.is_some(), |key| format!("--{key}"))
+    {
+        warn!("OAuth is off: {e}");
+        return None;
+    }
     let home = match Paths::from_env() {
         Ok(paths) => paths.home().to_path_buf(),
         Err(e) => {
@@ -374,6 +382,21 @@ fn oauth_for(
             warn!("OAuth is off: {e}");
             None
         }
+    }
+}
+
+/// The proxy's `--grant` options.
+fn grant_of(args: &ProxyArgs) -> auth::GrantSettings {
+    auth::GrantSettings {
+        grant: args.grant,
+        private_key_file: args.private_key_file.clone(),
+        signing_alg: args.signing_alg.clone(),
+        assertion_file: args.assertion_file.clone(),
+        id_token_file: args.id_token_file.clone(),
+        idp_token_endpoint: args.idp_token_endpoint.clone(),
+        idp_client_id: args.idp_client_id.clone(),
+        idp_client_secret: args.idp_client_secret.clone(),
+        dpop: args.dpop,
     }
 }
 

@@ -24,6 +24,15 @@ pub trait Authorizer: Send + Sync {
     /// expire first.
     fn authorization(&self) -> AuthFuture<'_, Option<HeaderValue>>;
 
+    /// The `DPoP` proof (RFC 9449) to send with `header` on `method url`, when the token is
+    /// bound to a key; a fresh one for every request.
+    fn proof(&self, _method: &str, _url: &url::Url, _header: &HeaderValue) -> Option<HeaderValue> {
+        None
+    }
+
+    /// Sees the headers of every answer (a server's `DPoP-Nonce`).
+    fn observe(&self, _url: &url::Url, _headers: &reqwest::header::HeaderMap) {}
+
     /// The daemon answered `status` (401 or 403) with the challenge `challenge` (its
     /// `WWW-Authenticate`) to a request that carried `sent`. `Ok` when a new attempt may
     /// succeed (new credentials are in place); `Err` says why not.
@@ -46,13 +55,22 @@ impl Shared {
             return make().send().await;
         };
         let mut retries = 0;
+        let mut nonce_retried = false;
         loop {
             let header = authorizer.authorization().await;
-            let mut request = make();
+            let (client, request) = make().build_split();
+            let mut request = request?;
             if let Some(value) = &header {
-                request = request.header(AUTHORIZATION, value.clone());
+                request.headers_mut().insert(AUTHORIZATION, value.clone());
+                if let Some(proof) =
+                    authorizer.proof(request.method().as_str(), request.url(), value)
+                {
+                    request.headers_mut().insert("dpop", proof);
+                }
             }
-            let response = request.send().await?;
+            let url = request.url().clone();
+            let response = client.execute(request).await?;
+            authorizer.observe(&url, response.headers());
             let status = response.status().as_u16();
             let challenge = response
                 .headers()
@@ -66,10 +84,17 @@ impl Shared {
                     .is_some_and(|c| c.contains("insufficient_scope")),
                 _ => false,
             };
-            if !refused || retries >= MAX_AUTH_RETRIES {
+            // A server's DPoP nonce (RFC 9449 §9) costs one more attempt, not a retry.
+            let nonce = challenge
+                .as_deref()
+                .is_some_and(|c| c.contains("use_dpop_nonce"));
+            if nonce && !nonce_retried && header.is_some() {
+                nonce_retried = true;
+            } else if !refused || retries >= MAX_AUTH_RETRIES {
                 return Ok(response);
+            } else {
+                retries += 1;
             }
-            retries += 1;
             match authorizer
                 .refused(status, challenge.as_deref(), header.as_ref())
                 .await

@@ -217,63 +217,49 @@ const AUTH_SCENARIOS: &[&str] = &[
     "auth/resource-mismatch",
 ];
 
-/// Extensions beyond the MCP authorization spec that `mcpsm proxy` does not implement.
-const AUTH_EXTENSIONS: &[(&str, &str)] = &[
-    ("auth/client-credentials-jwt", "extension (SEP-1046): client_credentials grant with private_key_jwt; mcpsm only runs the authorization code flow"),
-    ("auth/client-credentials-basic", "extension (SEP-1046): client_credentials grant; mcpsm only runs the authorization code flow"),
+/// Extensions beyond the MCP authorization spec every suite version has (SEP-1046 client
+/// credentials, with a secret and with `private_key_jwt`).
+const AUTH_EXTENSIONS: &[&str] = &[
+    "auth/client-credentials-basic",
+    "auth/client-credentials-jwt",
 ];
 
 #[test]
 fn conformance_auth_scenarios_pass_through_the_proxy() {
     let mut scenarios = AUTH_SCENARIOS.to_vec();
+    scenarios.extend(AUTH_EXTENSIONS);
     scenarios.extend([
         "auth/offline-access-scope",
         "auth/offline-access-not-supported",
-    ]);
-    let mut not_passing = AUTH_EXTENSIONS.to_vec();
-    not_passing.push((
         "auth/cross-app-access-complete-flow",
-        "extension (SEP-990): enterprise token exchange with an IdP's ID token",
-    ));
-    conformance_auth("conformance", &scenarios, &not_passing);
+    ]);
+    conformance_auth("conformance", &scenarios, &[]);
 }
 
-/// 0.2.0-alpha.12: its RFC 9207 `iss` and issuer checks too. Its scenarios that exist only at
-/// 2026-07-28 run a sessionless mock that refuses `initialize`, which the TS SDK host of the
-/// driver sends; their authorization checks pass, the MCP session after it cannot.
+/// 0.2.0-alpha.12: its RFC 9207 `iss` and issuer checks too, its 2026-07-28-only scenarios
+/// (the driver hands those to a raw sessionless host: the mock refuses `initialize`), and the
+/// SEP-990, DPoP and workload identity extensions.
 #[test]
 fn newest_conformance_auth_scenarios_pass_through_the_proxy() {
     let mut scenarios = AUTH_SCENARIOS.to_vec();
+    scenarios.extend(AUTH_EXTENSIONS);
     scenarios.extend([
         "auth/iss-supported-missing",
         "auth/iss-wrong-issuer",
         "auth/iss-unexpected",
         "auth/iss-normalized",
         "auth/metadata-issuer-mismatch",
+        "auth/offline-access-scope",
+        "auth/offline-access-not-supported",
+        "auth/iss-supported",
+        "auth/iss-not-advertised",
+        "auth/authorization-server-migration",
+        "auth/enterprise-managed-authorization",
+        "auth/dpop",
+        "auth/dpop-nonce",
+        "auth/wif-jwt-bearer",
     ]);
-    let sessionless = "2026-07-28 only: the mock refuses the driver's `initialize` (MCP error -32020, Missing MCP-Protocol-Version); every authorization check passes";
-    let mut not_passing = AUTH_EXTENSIONS.to_vec();
-    not_passing.extend([
-        ("auth/offline-access-scope", sessionless),
-        ("auth/offline-access-not-supported", sessionless),
-        ("auth/iss-supported", sessionless),
-        ("auth/iss-not-advertised", sessionless),
-        (
-            "auth/authorization-server-migration",
-            "2026-07-28 only: the mock refuses the driver's `initialize` before any authorization",
-        ),
-        (
-            "auth/enterprise-managed-authorization",
-            "extension (SEP-990): enterprise token exchange",
-        ),
-        ("auth/dpop", "extension: DPoP-bound tokens (RFC 9449)"),
-        ("auth/dpop-nonce", "extension: DPoP-bound tokens (RFC 9449)"),
-        (
-            "auth/wif-jwt-bearer",
-            "extension: workload identity JWT bearer grant",
-        ),
-    ]);
-    conformance_auth("conformance-alpha", &scenarios, &not_passing);
+    conformance_auth("conformance-alpha", &scenarios, &[]);
 }
 
 #[test]

@@ -31,12 +31,24 @@
 //                                         as MCPSM_OAUTH_CLIENT_ID/SECRET and the suite's
 //                                         client metadata document URL; then connects, lists
 //                                         tools and calls the first one
+//                                         The extension scenarios' inputs become mcpsm's
+//                                         options: MCPSM_OAUTH_GRANT (client-credentials,
+//                                         jwt-bearer, id-jag), the key / workload JWT / ID
+//                                         token written to 0600 files (MCPSM_OAUTH_*_FILE),
+//                                         MCPSM_OAUTH_IDP_*, MCPSM_OAUTH_DPOP. At 2026-07-28
+//                                         (MCP_CONFORMANCE_PROTOCOL_VERSION) the mock is
+//                                         sessionless and refuses `initialize`: the same
+//                                         environment goes to sessionless_client.py instead
 //   anything else                         connect, tools/list, close (logged as unknown)
 //
 // The proxy's stderr passes through. Exit code 0 when the scenario's own expectations hold,
 // 1 otherwise (message on stderr prefixed "conformance_client: FAIL"), 2 on usage errors. The
 // suite itself judges the protocol; this exit code only makes a broken driver visible.
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 
 const TAG = "conformance_client";
@@ -122,6 +134,33 @@ async function main() {
     const context = JSON.parse(process.env.MCP_CONFORMANCE_CONTEXT ?? "{}");
     if (context.client_id) env.MCPSM_OAUTH_CLIENT_ID = context.client_id;
     if (context.client_secret) env.MCPSM_OAUTH_CLIENT_SECRET = context.client_secret;
+    // The extension scenarios' inputs, as a user of such a server would configure mcpsm.
+    const secretFile = (name, text) => {
+      const dir = mkdtempSync(join(tmpdir(), "mcpsm-conformance-"));
+      const file = join(dir, name);
+      writeFileSync(file, text, { mode: 0o600 });
+      return file;
+    };
+    if (scenario.startsWith("auth/client-credentials")) env.MCPSM_OAUTH_GRANT = "client-credentials";
+    if (context.private_key_pem) env.MCPSM_OAUTH_PRIVATE_KEY_FILE = secretFile("key.pem", context.private_key_pem);
+    if (context.signing_algorithm) env.MCPSM_OAUTH_SIGNING_ALG = context.signing_algorithm;
+    if (context.idp_id_token) {
+      env.MCPSM_OAUTH_GRANT = "id-jag";
+      env.MCPSM_OAUTH_ID_TOKEN_FILE = secretFile("id-token", context.idp_id_token);
+      env.MCPSM_OAUTH_IDP_TOKEN_ENDPOINT = context.idp_token_endpoint;
+      if (context.idp_client_id) env.MCPSM_OAUTH_IDP_CLIENT_ID = context.idp_client_id;
+    }
+    if (context.valid_jwt) {
+      env.MCPSM_OAUTH_GRANT = "jwt-bearer";
+      env.MCPSM_OAUTH_ASSERTION_FILE = secretFile("workload.jwt", context.valid_jwt);
+    }
+    if (scenario.startsWith("auth/dpop")) env.MCPSM_OAUTH_DPOP = "true";
+  }
+  // 2026-07-28 mocks are sessionless (no initialize): a raw sessionless host drives them.
+  if (process.env.MCP_CONFORMANCE_PROTOCOL_VERSION === "2026-07-28" && !direct) {
+    const host = new URL("./sessionless_client.py", import.meta.url).pathname;
+    const child = spawnSync("python3", [host, ...argv], { env, stdio: "inherit" });
+    return child.status ?? 1;
   }
   const transport = direct
     ? new StreamableHTTPClientTransport(new URL(url))
