@@ -111,7 +111,7 @@ Every HTTP session gets its own Mcp-Session-Id; with --sharing shared (the defau
 multiplexed onto one server process, with --sharing isolated each gets its own.
 /healthz answers while the host runs, /readyz while its server process answers (503 while
 draining), /metrics in Prometheus text; none of them needs a token.")]
-    StdioHost(StdioHostArgs),
+    StdioHost(Box<StdioHostArgs>),
 
     /// Run COMMAND with its output appended to FILE, rotated by size (how the manager starts
     /// every daemon; not meant to be run by hand)

@@ -59,7 +59,7 @@ impl Settings {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Proxy(args) => proxy::run(*args, cli.registry).await,
-        Command::StdioHost(args) => host::run(args).await,
+        Command::StdioHost(args) => host::run(*args).await,
         Command::LogWriter(args) => {
             Ok(crate::supervise::log_writer::run(&args.file, &args.command))
         }
