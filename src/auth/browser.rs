@@ -118,8 +118,8 @@ impl Listener {
 }
 
 /// Shows the authorization URL: always on stderr (a terminal over SSH has no browser), and in
-/// the configured opener or the system browser.
-pub fn open(url: &str, label: &str, opener: Option<&str>) {
+/// the configured opener or the system browser. True when one of those was started.
+pub fn open(url: &str, label: &str, opener: Option<&str>) -> bool {
     eprintln!("mcpsm: to authorize {label}, open this URL in a browser:\n  {url}");
     let command = opener
         .map(str::to_owned)
@@ -128,12 +128,14 @@ pub fn open(url: &str, label: &str, opener: Option<&str>) {
     let (program, mut args) = match &command {
         Some(command) => {
             let mut words = command.split_whitespace().map(str::to_owned);
-            let Some(program) = words.next() else { return };
+            let Some(program) = words.next() else {
+                return false;
+            };
             (program, words.collect::<Vec<_>>())
         }
         None => match system_browser() {
             Some((program, args)) => (program, args),
-            None => return,
+            None => return false,
         },
     };
     args.push(url.to_owned());
@@ -147,28 +149,21 @@ pub fn open(url: &str, label: &str, opener: Option<&str>) {
         // Reaped in the background: the opener may outlive the wait (a browser).
         Ok(mut child) => {
             std::thread::spawn(move || child.wait());
+            true
         }
-        Err(e) => eprintln!("mcpsm: could not run `{program}` to open it: {e}"),
+        Err(e) => {
+            eprintln!("mcpsm: could not run `{program}` to open it: {e}");
+            false
+        }
     }
 }
 
-/// The system's way to open a URL, when there is a display to open it on.
+/// The system's way to open a URL: `BROWSER` when set, else the platform's opener.
 fn system_browser() -> Option<(String, Vec<String>)> {
     if let Ok(browser) = std::env::var("BROWSER") {
         if !browser.trim().is_empty() {
             return Some((browser, Vec::new()));
         }
     }
-    if cfg!(target_os = "macos") {
-        return Some(("open".into(), Vec::new()));
-    }
-    if cfg!(windows) {
-        return Some((
-            "rundll32".into(),
-            vec!["url.dll,FileProtocolHandler".into()],
-        ));
-    }
-    let display =
-        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
-    display.then(|| ("xdg-open".into(), Vec::new()))
+    crate::platform::url_opener()
 }

@@ -18,6 +18,7 @@
 //!
 //! The transport knows none of this: it sees an [`Authorizer`] that supplies a header.
 
+mod broker;
 mod browser;
 mod challenge;
 mod discovery;
@@ -25,6 +26,7 @@ mod dpop;
 mod flow;
 mod grants;
 mod jwt;
+pub mod keychain;
 pub mod store;
 
 use std::sync::RwLock;
@@ -35,6 +37,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info};
 use url::Url;
 
+pub use broker::{digest, login_timeout, Ask, Broker, BrokerAnswer, BrokerRequest, Managed};
 pub use browser::OPENER_ENV;
 use challenge::Challenge;
 use discovery::Discovered;
@@ -116,11 +119,17 @@ pub fn describe(home: &std::path::Path, key: &str) -> Option<String> {
     };
     let scope = tokens.scope.or(tokens.requested_scope).unwrap_or_default();
     Some(format!(
-        "logged in to {} ({expiry}{}{})",
+        "logged in to {} ({expiry}{}{}; tokens {})",
         tokens.issuer,
         if scope.is_empty() { "" } else { "; scope " },
-        scope
+        scope,
+        Store::new(home, key).location()
     ))
+}
+
+/// Which token store new tokens go to, and why (for `doctor`).
+pub fn token_store() -> String {
+    keychain::backend().1.clone()
 }
 
 /// Forgets a stored authorization; true when there was one.
@@ -282,6 +291,9 @@ pub struct OAuth {
     /// After a refresh before expiry failed: no new attempt before then (a 401 still
     /// triggers one), so an unreachable authorization server does not slow every request.
     refresh_not_before: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The authorization URL while the user is expected in the browser, and whether a
+    /// browser (or opener) was started for it: for whoever waits (the manager's proxies).
+    login_url: tokio::sync::watch::Sender<Option<(String, bool)>>,
 }
 
 impl OAuth {
@@ -309,6 +321,7 @@ impl OAuth {
             current: RwLock::new(None),
             flight: tokio::sync::Mutex::new(()),
             refresh_not_before: std::sync::Mutex::new(None),
+            login_url: tokio::sync::watch::Sender::new(None),
         };
         let record = oauth.store.load();
         if record.server == oauth.server.as_str() {
@@ -324,6 +337,16 @@ impl OAuth {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The header in use and when its token expires (when it can be refreshed).
+    pub fn current_header(&self) -> Option<(HeaderValue, Option<u64>)> {
+        self.current()
+    }
+
+    /// Follows the authorization URL of a login under way.
+    pub fn watch_login_url(&self) -> tokio::sync::watch::Receiver<Option<(String, bool)>> {
+        self.login_url.subscribe()
     }
 
     fn adopt(&self, tokens: &Tokens) {
@@ -550,13 +573,16 @@ impl OAuth {
             &flow::challenge_of(&verifier),
             scope.as_deref(),
         )?;
-        browser::open(url.as_str(), &self.label, self.settings.opener.as_deref());
+        let opened = browser::open(url.as_str(), &self.label, self.settings.opener.as_deref());
+        self.login_url.send_replace(Some((url.to_string(), opened)));
         let timeout = if self.settings.login_timeout.is_zero() {
             Duration::from_secs(300)
         } else {
             self.settings.login_timeout
         };
-        let params = listener.wait(&state, timeout).await?;
+        let params = listener.wait(&state, timeout).await;
+        self.login_url.send_replace(None);
+        let params = params?;
         if let Some(error) = params.get("error") {
             let text = params
                 .get("error_description")

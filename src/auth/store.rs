@@ -1,6 +1,8 @@
 //! Tokens at rest: one JSON file per server under `MCPSM_HOME/oauth/`, mode 0600 in a 0700
 //! directory, written atomically, and a lock file beside it so that concurrent processes
-//! for the same server run one authorization (or one refresh) between them.
+//! for the same server run one authorization (or one refresh) between them. Where there is
+//! an OS keychain ([`super::keychain`]), the secrets (access and refresh token, client
+//! secret) live there and the file keeps only what is not secret; the lock stays the same.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -8,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::AuthError;
+use super::{keychain, AuthError};
 use crate::paths::create_private_dir;
 
 /// A secret string: never printed, not even by `Debug`.
@@ -65,6 +67,46 @@ pub struct Record {
     pub server: String,
     pub client: Option<Client>,
     pub tokens: Option<Tokens>,
+    /// The keychain account holding this record's secrets (absent: they are in the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keychain: Option<String>,
+}
+
+/// The secrets of a record, as kept in the keychain.
+#[derive(Default, Serialize, Deserialize)]
+struct Secrets {
+    access_token: Option<Secret>,
+    refresh_token: Option<Secret>,
+    client_secret: Option<Secret>,
+}
+
+impl Record {
+    /// The record without its secrets, and the secrets.
+    fn split(&self) -> (Record, Secrets) {
+        let mut bare = self.clone();
+        let mut secrets = Secrets::default();
+        if let Some(tokens) = &mut bare.tokens {
+            secrets.access_token = Some(std::mem::replace(
+                &mut tokens.access_token,
+                Secret(String::new()),
+            ));
+            secrets.refresh_token = tokens.refresh_token.replace(Secret(String::new()));
+        }
+        if let Some(client) = &mut bare.client {
+            secrets.client_secret = client.client_secret.replace(Secret(String::new()));
+        }
+        (bare, secrets)
+    }
+
+    fn fill(&mut self, secrets: Secrets) {
+        if let Some(tokens) = &mut self.tokens {
+            tokens.access_token = secrets.access_token.unwrap_or(Secret(String::new()));
+            tokens.refresh_token = tokens.refresh_token.take().and(secrets.refresh_token);
+        }
+        if let Some(client) = &mut self.client {
+            client.client_secret = client.client_secret.take().and(secrets.client_secret);
+        }
+    }
 }
 
 pub fn now() -> u64 {
@@ -101,14 +143,75 @@ impl Store {
         &self.file
     }
 
-    pub fn load(&self) -> Record {
+    /// The keychain account of this store: unique per home and key.
+    fn account(&self) -> String {
+        file_stem(&self.file.display().to_string())
+    }
+
+    /// Where the secrets are kept, for `status` and `doctor`.
+    pub fn location(&self) -> String {
+        match self.load_file().keychain {
+            Some(_) => "in the OS keychain".into(),
+            None => format!("in {}", self.file.display()),
+        }
+    }
+
+    fn load_file(&self) -> Record {
         std::fs::read(&self.file)
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default()
     }
 
+    pub fn load(&self) -> Record {
+        let mut record = self.load_file();
+        let Some(account) = record.keychain.take() else {
+            return record;
+        };
+        let secrets = keychain::get(&account)
+            .map(|found| found.and_then(|text| serde_json::from_str::<Secrets>(&text).ok()));
+        match secrets {
+            Ok(Some(secrets)) => record.fill(secrets),
+            // Without its secrets the record is of no use: not logged in.
+            found => {
+                if let Err(e) = found {
+                    tracing::warn!(
+                        "the OS keychain did not give the tokens of {}: {e}",
+                        self.file.display()
+                    );
+                }
+                record.tokens = None;
+                record.client = None;
+            }
+        }
+        record
+    }
+
     pub fn save(&self, record: &Record) -> Result<(), AuthError> {
+        let mut record = record.clone();
+        record.keychain = None;
+        if keychain::backend().0 == keychain::Backend::Keychain {
+            let (bare, secrets) = record.split();
+            let text =
+                serde_json::to_string(&secrets).map_err(|e| AuthError::Store(e.to_string()))?;
+            let account = self.account();
+            match keychain::set(&account, &text) {
+                Ok(()) => {
+                    record = Record {
+                        keychain: Some(account),
+                        ..bare
+                    };
+                }
+                Err(e) => tracing::warn!(
+                    "the OS keychain refused the tokens ({e}); keeping them in {}",
+                    self.file.display()
+                ),
+            }
+        }
+        self.save_file(&record)
+    }
+
+    fn save_file(&self, record: &Record) -> Result<(), AuthError> {
         use crate::platform::fs::{owner_only, restrict_to_owner};
         let dir = self.file.parent().unwrap_or(Path::new("."));
         create_private_dir(dir).map_err(|e| store_error(dir, &e))?;
@@ -136,6 +239,9 @@ impl Store {
     }
 
     pub fn remove(&self) -> Result<bool, AuthError> {
+        if let Some(account) = self.load_file().keychain {
+            keychain::delete(&account).map_err(AuthError::Store)?;
+        }
         match std::fs::remove_file(&self.file) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -208,24 +314,12 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let home = tempfile::tempdir().unwrap();
         let store = Store::new(home.path(), "http://localhost:3000/mcp");
-        let record = Record {
-            server: "http://localhost:3000/mcp".into(),
-            client: None,
-            tokens: Some(Tokens {
-                access_token: Secret("very-secret".into()),
-                refresh_token: None,
-                expires_at: None,
-                scope: None,
-                requested_scope: None,
-                resource: "r".into(),
-                issuer: "i".into(),
-                token_endpoint: "t".into(),
-                obtained_at: 0,
-                refreshed_at: None,
-                token_type: None,
-            }),
-        };
-        store.save(&record).unwrap();
+        let mut record = split_tests::sample();
+        record.server = "http://localhost:3000/mcp".into();
+        if let Some(tokens) = &mut record.tokens {
+            tokens.access_token = Secret("very-secret".into());
+        }
+        store.save_file(&record).unwrap();
         let mode = std::fs::metadata(store.path())
             .unwrap()
             .permissions()
@@ -235,6 +329,57 @@ mod tests {
         assert_eq!(
             store.load().tokens.unwrap().access_token,
             Secret("very-secret".into())
+        );
+    }
+}
+
+#[cfg(test)]
+pub(super) mod split_tests {
+    use super::*;
+
+    pub fn sample() -> Record {
+        Record {
+            server: "s".into(),
+            client: Some(Client {
+                issuer: "i".into(),
+                client_id: "id".into(),
+                client_secret: Some(Secret("client-secret".into())),
+                auth_method: "client_secret_basic".into(),
+                redirect_uri: None,
+                kind: "pre-registered".into(),
+            }),
+            tokens: Some(Tokens {
+                access_token: Secret("access".into()),
+                refresh_token: Some(Secret("refresh".into())),
+                expires_at: Some(1),
+                scope: None,
+                requested_scope: None,
+                resource: "r".into(),
+                issuer: "i".into(),
+                token_endpoint: "t".into(),
+                obtained_at: 0,
+                refreshed_at: None,
+                token_type: None,
+            }),
+            keychain: None,
+        }
+    }
+
+    #[test]
+    fn a_record_in_the_keychain_keeps_no_secret_in_its_file() {
+        let record = sample();
+        let (mut bare, secrets) = record.split();
+        let file = serde_json::to_string(&bare).unwrap();
+        for secret in ["client-secret", "access", "refresh"] {
+            assert!(!file.contains(&format!("\"{secret}\"")), "{file}");
+        }
+        bare.fill(secrets);
+        let tokens = bare.tokens.unwrap();
+        assert_eq!(tokens.access_token, Secret("access".into()));
+        assert_eq!(tokens.refresh_token, Some(Secret("refresh".into())));
+        assert_eq!(
+            bare.client.unwrap().client_secret,
+            Some(Secret("client-secret".into()))
         );
     }
 }

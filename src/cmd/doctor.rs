@@ -269,6 +269,10 @@ async fn check_daemon(
 ) {
     let subject = format!("daemon {}", spec.name);
     if spec.oauth.is_some() {
+        findings.ok(
+            &subject,
+            format!("OAuth tokens are kept in {}", crate::auth::token_store()),
+        );
         let key = crate::auth::daemon_key(&spec.name);
         match crate::auth::describe(settings.paths.home(), &key) {
             Some(state) => findings.ok(&subject, state),

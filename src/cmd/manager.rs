@@ -4,11 +4,12 @@
 //! API (JSON in and out; `{"name": "NAME"}` bodies where a daemon is meant): `GET /ping`,
 //! and with `Authorization: Bearer <manager.token>`: `GET /status`, `GET /logs/NAME?tail=N`
 //! (text), `POST /start`, `/stop`, `/restart`, `/ensure`, `/start-all`, `/stop-all`,
-//! `/shutdown`, `POST /report` (a proxy's figures), `GET /metrics` (Prometheus text), and the
-//! status page (`/ui`, `/ui/data`, `POST /ui/ticket`; see [`super::manager_page`]). It binds
-//! 127.0.0.1 only and answers 403 to a `Host` that is not loopback or
-//! an `Origin` from elsewhere (DNS rebinding), 401 to any request but `/ping` and `/ui`
-//! without the token (the page's cookie stands for it in GETs), 413 to a body over 16 KiB.
+//! `/shutdown`, `POST /report` (a proxy's figures), `GET /metrics` (Prometheus text), the
+//! status page (`/ui`, `/ui/data`, `POST /ui/ticket`; see [`super::manager_page`]), and
+//! `POST /oauth` (the authorization of a daemon with `auth = "oauth"`, which the manager owns:
+//! see `auth::broker`). It binds 127.0.0.1 only and answers 403 to a `Host` that is not
+//! loopback or an `Origin` from elsewhere (DNS rebinding), 401 to any request but `/ping` and
+//! `/ui` without the token (the page's cookie stands for it in GETs), 413 to a body over 16 KiB.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -149,6 +150,7 @@ async fn stop(settings: &Settings, port: u16) -> anyhow::Result<ExitCode> {
 
 struct App {
     manager: Manager,
+    broker: crate::auth::Broker,
     paths: Paths,
     token: String,
     token_path: PathBuf,
@@ -234,6 +236,7 @@ async fn serve(
     let exit = CancellationToken::new();
     let app = Arc::new(App {
         manager,
+        broker: crate::auth::Broker::new(paths.home()),
         paths: paths.clone(),
         token,
         token_path: paths.manager_token(),
@@ -305,6 +308,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/ui", get(page))
         .route("/ui/data", get(page_data))
         .route("/ui/ticket", post(page_ticket))
+        .route("/oauth", post(oauth))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
@@ -577,4 +581,19 @@ async fn shutdown(State(app): State<Arc<App>>) -> Response {
     warn!("shutdown requested through the API on port {}", app.port);
     app.exit.cancel();
     Json(json!({ "stopped": stopped })).into_response()
+}
+
+/// A proxy's (or `mcpsm login`'s) question about a daemon's authorization; a long poll.
+async fn oauth(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    let Ok(request) = serde_json::from_slice::<crate::auth::BrokerRequest>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            r#"the body must be {"name": "DAEMON", "event": "token" | "refused" | "login" | "logout", …}"#,
+        );
+    };
+    let (url, spec) = match app.manager.oauth_daemon(&request.name) {
+        Ok(found) => found,
+        Err(e) => return manager_error(e),
+    };
+    Json(app.broker.answer(request, &url, &spec).await).into_response()
 }

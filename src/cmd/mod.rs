@@ -91,7 +91,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Command::Restart(args) => control::run("restart", args, settings).await,
                 Command::Logs(args) => logs::run(args, settings).await,
                 Command::Login(args) => login::login(args, settings).await,
-                Command::Logout(args) => login::logout(args, settings),
+                Command::Logout(args) => login::logout(args, settings).await,
                 Command::Doctor(args) => doctor::run(args, settings).await,
                 Command::GenerateConfig(args) => generate_config::run(args, settings),
                 Command::Import(args) => import::run(args, settings),

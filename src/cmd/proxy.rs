@@ -86,10 +86,11 @@ pub async fn run(args: ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<E
     ));
 
     let shutdown = CancellationToken::new();
+    let explicit_registry = registry.clone();
     let backend = match resolve(&args, registry) {
-        Ok((options, gate, oauth)) => {
+        Ok((options, gate, oauth, manager_port)) => {
             let gate = gate.map(Arc::new);
-            let authorizer = oauth_for(&args, &options, oauth);
+            let authorizer = oauth_for(&args, &options, oauth, explicit_registry, manager_port);
             let hooks = Hooks {
                 authorizer,
                 ensure: gate.clone().map(|gate| {
@@ -203,12 +204,13 @@ async fn refuse(message: &Message, why: &str, out: &mpsc::Sender<Bytes>) {
 }
 
 /// Turns the arguments (and the registry, for `--target`) into transport options.
-type Resolved = (Options, Option<Gate>, Option<(String, OAuthSpec)>);
+type Resolved = (Options, Option<Gate>, Option<(String, OAuthSpec)>, u16);
 
 fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<Resolved> {
     let mut headers = HeaderMap::new();
     let mut gate = None;
     let mut oauth = None;
+    let mut manager_port = 0;
     let (url, transport, label, unreachable_hint, failure_hint) = match (&args.target, &args.url) {
         (Some(name), _) => {
             let (path, explicit) = match registry {
@@ -216,6 +218,7 @@ fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<Resolv
                 None => (Paths::from_env()?.default_registry(), false),
             };
             let registry = Registry::load(&path, explicit)?;
+            manager_port = registry.manager_port();
             let mut daemon = registry.daemon(name)?;
             if daemon.transport == TransportKind::Stdio && daemon.launch.is_some() {
                 // The host wants its secret, and, per project, the client's directory.
@@ -324,23 +327,26 @@ fn resolve(args: &ProxyArgs, registry: Option<PathBuf>) -> anyhow::Result<Resolv
         max_message_bytes: args.max_message_bytes,
         reconnect_timeout: Some(args.reconnect_timeout),
     };
-    Ok((options, gate, oauth))
+    Ok((options, gate, oauth, manager_port))
 }
 
 /// OAuth on demand (the first 401 starts it): for `proxy --url` unless the user gave an
-/// `Authorization` header or `--no-oauth` (tokens stored per URL), and for registry daemons
-/// with `auth = "oauth"` (tokens stored per daemon, shared with `mcpsm login`). Either way
-/// every proxy for the same server shares one authorization through the store's lock.
+/// `Authorization` header or `--no-oauth` (tokens stored per URL; concurrent proxies for one
+/// URL share one authorization through the store's lock), and for registry daemons with
+/// `auth = "oauth"`, whose authorization the manager owns (started if none runs; the
+/// proxy-side flow only when no manager can be reached).
 fn oauth_for(
     args: &ProxyArgs,
     options: &Options,
     daemon: Option<(String, OAuthSpec)>,
+    registry: Option<PathBuf>,
+    manager_port: u16,
 ) -> Option<Arc<dyn Authorizer>> {
     if args.no_oauth || options.headers.contains_key(AUTHORIZATION) {
         return None;
     }
-    let (settings, key) = match (daemon, &args.url) {
-        (Some((name, spec)), _) => (auth::settings_of(&spec), auth::daemon_key(&name)),
+    let (settings, key) = match (&daemon, &args.url) {
+        (Some((name, spec)), _) => (auth::settings_of(spec), auth::daemon_key(name)),
         (None, Some(url)) => (
             auth::Settings {
                 client_id: args.client_id.clone(),
@@ -363,26 +369,51 @@ fn oauth_for(
         warn!("OAuth is off: {e}");
         return None;
     }
-    let home = match Paths::from_env() {
-        Ok(paths) => paths.home().to_path_buf(),
+    let paths = match Paths::from_env() {
+        Ok(paths) => paths,
         Err(e) => {
             warn!("OAuth is off: {e}");
             return None;
         }
     };
-    match auth::OAuth::new(
+    let local: Arc<dyn Authorizer> = match auth::OAuth::new(
         options.url.clone(),
         options.label.clone(),
         settings,
-        &home,
+        paths.home(),
         &key,
     ) {
-        Ok(oauth) => Some(Arc::new(oauth)),
+        Ok(oauth) => Arc::new(oauth),
         Err(e) => {
             warn!("OAuth is off: {e}");
-            None
+            return None;
         }
-    }
+    };
+    let Some((name, _)) = daemon else {
+        return Some(local);
+    };
+    let ask: auth::Ask = Arc::new(move |request| {
+        let paths = paths.clone();
+        let registry = registry.clone();
+        Box::pin(async move {
+            let client = connect_or_start(&paths, registry.as_deref(), manager_port)
+                .await
+                .map_err(|e| e.to_string())?;
+            match client.oauth(&request).await {
+                Ok(answer) => Ok(answer),
+                Err(ClientError::Api { message, .. }) => {
+                    Ok(auth::BrokerAnswer::Failed { error: message })
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    });
+    Some(Arc::new(auth::Managed::new(
+        name,
+        options.label.clone(),
+        ask,
+        local,
+    )))
 }
 
 /// The proxy's `--grant` options.

@@ -176,3 +176,24 @@ pub fn port_owner(port: u16) -> Option<(u32, String)> {
     }
     None
 }
+
+/// The program (and leading arguments) that opens a URL in the user's browser, when there is
+/// a display to open it on (none over SSH or in a headless session).
+pub fn url_opener() -> Option<(String, Vec<String>)> {
+    let display =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    display.then(|| ("xdg-open".into(), Vec::new()))
+}
+
+/// Whether a Secret Service could answer: it lives on the session bus, which a headless box
+/// (a server, CI, a container) does not have.
+pub fn keychain_reachable() -> Result<(), String> {
+    let address = std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some();
+    let socket = std::env::var_os("XDG_RUNTIME_DIR")
+        .is_some_and(|dir| std::path::Path::new(&dir).join("bus").exists());
+    if address || socket {
+        Ok(())
+    } else {
+        Err("no D-Bus session bus for a Secret Service".into())
+    }
+}

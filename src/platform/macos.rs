@@ -61,3 +61,13 @@ pub fn port_owner(port: u16) -> Option<(u32, String)> {
     let pid = super::lsof::first_pid(&String::from_utf8_lossy(&output.stdout))?;
     Some((pid, command_line(pid).unwrap_or_else(|| "?".into())))
 }
+
+/// The program (and leading arguments) that opens a URL in the user's browser.
+pub fn url_opener() -> Option<(String, Vec<String>)> {
+    Some(("open".into(), Vec::new()))
+}
+
+/// Whether a keychain could answer: the OS always has one.
+pub fn keychain_reachable() -> Result<(), String> {
+    Ok(())
+}

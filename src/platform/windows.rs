@@ -844,3 +844,16 @@ mod tests {
         }
     }
 }
+
+/// The program (and leading arguments) that opens a URL in the user's browser.
+pub fn url_opener() -> Option<(String, Vec<String>)> {
+    Some((
+        "rundll32".into(),
+        vec!["url.dll,FileProtocolHandler".into()],
+    ))
+}
+
+/// Whether a keychain could answer: the OS always has one.
+pub fn keychain_reachable() -> Result<(), String> {
+    Ok(())
+}

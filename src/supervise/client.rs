@@ -164,6 +164,20 @@ impl ManagerClient {
             })
     }
 
+    /// `POST /oauth`: a question about a daemon's authorization (a long poll of at most a
+    /// few tens of seconds; see `auth::broker`).
+    pub async fn oauth(
+        &self,
+        request: &crate::auth::BrokerRequest,
+    ) -> Result<crate::auth::BrokerAnswer, ClientError> {
+        let body = serde_json::to_value(request).map_err(|e| ClientError::Http {
+            port: self.port,
+            cause: e.to_string(),
+        })?;
+        let request = self.post("oauth", &body)?.timeout(Duration::from_secs(90));
+        self.call(request).await
+    }
+
     /// `POST /start-all`, `/stop-all` or `/shutdown`.
     pub async fn action(&self, action: &str) -> Result<Value, ClientError> {
         let request = self.post(action, &json!({}))?;

@@ -136,6 +136,30 @@ impl Manager {
         Ok((handle, spec))
     }
 
+    /// The URL and `auth = "oauth"` keys of url daemon `name`, as the registry has them now.
+    pub fn oauth_daemon(
+        &self,
+        name: &str,
+    ) -> Result<(url::Url, crate::config::OAuthSpec), ManagerError> {
+        let registry = self.registry()?;
+        if !registry.names().any(|n| n == name) {
+            return Err(ManagerError::UnknownDaemon {
+                name: name.to_owned(),
+                known: registry.names().map(str::to_owned).collect(),
+            });
+        }
+        let spec = registry
+            .daemon(name)
+            .map_err(|e| ManagerError::Registry(e.to_string()))?;
+        match spec.oauth {
+            Some(oauth) => Ok((spec.url, oauth)),
+            None => Err(ManagerError::Registry(format!(
+                "daemon \"{name}\" does not use OAuth ({}); add `auth = \"oauth\"` to its table",
+                spec.defined_at
+            ))),
+        }
+    }
+
     /// Starts the daemon unless it runs; waits until it is ready (or cannot be).
     pub async fn ensure(&self, name: &str) -> Result<DaemonStatus, ManagerError> {
         let (handle, spec) = self.daemon(name).await?;

@@ -14,8 +14,14 @@ use crate::transport::{Hooks, Options, Upstream};
 const PROBE_ID: &str = "\"mcpsm-probe\"";
 
 /// Sends `initialize` and waits for its result; returns how long the answer took, or what
-/// went wrong.
+/// went wrong. A daemon with `auth = "oauth"` that refuses (401/403) is reachable: a probe
+/// never starts a login of its own (that is the manager's, on behalf of a session).
 pub async fn probe(spec: &DaemonSpec, limit: Duration) -> Result<Duration, String> {
+    if spec.oauth.is_some() {
+        if let Some(latency) = refuses_without_token(spec, limit).await {
+            return Ok(latency);
+        }
+    }
     let (tx, mut rx) = mpsc::channel::<Bytes>(16);
     let options = Options {
         url: spec.url.clone(),
@@ -74,4 +80,24 @@ fn outcome(response: &Message) -> Result<(), String> {
         .next()
         .unwrap_or(message)
         .to_owned())
+}
+
+/// How long an OAuth daemon took to refuse a tokenless `initialize`, if it refused.
+async fn refuses_without_token(spec: &DaemonSpec, limit: Duration) -> Option<Duration> {
+    crate::transport::http::install_crypto_provider();
+    let mut builder = reqwest::Client::builder().timeout(limit);
+    if crate::transport::http::is_loopback(&spec.url) {
+        builder = builder.no_proxy();
+    }
+    let client = builder.build().ok()?;
+    let started = Instant::now();
+    let response = client
+        .post(spec.url.clone())
+        .header(reqwest::header::CONTENT_TYPE, crate::transport::http::JSON)
+        .header(reqwest::header::ACCEPT, crate::transport::http::ACCEPT_BOTH)
+        .body(r#"{"jsonrpc":"2.0","id":"mcpsm-probe","method":"ping"}"#)
+        .send()
+        .await
+        .ok()?;
+    matches!(response.status().as_u16(), 401 | 403).then(|| started.elapsed())
 }
