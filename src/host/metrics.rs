@@ -1,11 +1,12 @@
 //! The stdio host's figures for `GET /metrics`, in the Prometheus text format (0.0.4).
 //!
 //! Counters are atomics bumped on the request path (no lock shared across sessions); gauges
-//! are read from the host's state when scraped. The renderer here is deliberately minimal
-//! (HELP, TYPE, samples with escaped label values).
+//! are read from the host's state when scraped; the text is written by the renderer the
+//! manager's `/metrics` uses ([`crate::metrics::Exposition`]).
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::metrics::{Exposition, Kind};
 
 /// What the host counts.
 #[derive(Default)]
@@ -41,71 +42,38 @@ pub struct Gauges {
     pub draining: bool,
 }
 
-/// One metric family being written.
-struct Family<'a> {
-    out: &'a mut String,
-    name: &'static str,
+fn counter(out: &mut Exposition, name: &str, help: &str, value: &AtomicU64) {
+    out.family(name, Kind::Counter, help);
+    out.sample(name, &[], value.load(Ordering::Relaxed) as f64);
 }
 
-impl Family<'_> {
-    fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(self.name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (key, value)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let escaped = value
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                let _ = write!(self.out, "{key}=\"{escaped}\"");
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
-    }
-}
-
-fn family<'a>(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    Family { out, name }
-}
-
-fn counter(out: &mut String, name: &'static str, help: &str, value: &AtomicU64) {
-    family(out, name, "counter", help).sample(&[], value.load(Ordering::Relaxed) as f64);
-}
-
-fn gauge(out: &mut String, name: &'static str, help: &str, value: f64) {
-    family(out, name, "gauge", help).sample(&[], value);
+fn gauge(out: &mut Exposition, name: &str, help: &str, value: f64) {
+    out.family(name, Kind::Gauge, help);
+    out.sample(name, &[], value);
 }
 
 /// The text `/metrics` answers.
 pub fn render(daemon: &str, counters: &Counters, gauges: &Gauges) -> String {
-    let mut out = String::new();
-    family(
-        &mut out,
+    let mut out = Exposition::new();
+    out.family(
         "mcpsm_host_info",
-        "gauge",
+        Kind::Gauge,
         "The served daemon's name and mcpsm's version.",
-    )
-    .sample(
+    );
+    out.sample(
+        "mcpsm_host_info",
         &[("daemon", daemon), ("version", env!("CARGO_PKG_VERSION"))],
         1.0,
     );
-    {
-        let mut responses = family(
-            &mut out,
-            "mcpsm_host_http_responses_total",
-            "counter",
-            "HTTP responses by status class.",
+    let responses = "mcpsm_host_http_responses_total";
+    out.family(responses, Kind::Counter, "HTTP responses by status class.");
+    for (class, count) in counters.responses.iter().enumerate().skip(1) {
+        let label = format!("{class}xx");
+        out.sample(
+            responses,
+            &[("code", &label)],
+            count.load(Ordering::Relaxed) as f64,
         );
-        for (class, count) in counters.responses.iter().enumerate().skip(1) {
-            let label = format!("{class}xx");
-            responses.sample(&[("code", &label)], count.load(Ordering::Relaxed) as f64);
-        }
     }
     counter(
         &mut out,
@@ -167,7 +135,7 @@ pub fn render(daemon: &str, counters: &Counters, gauges: &Gauges) -> String {
         "1 once SIGTERM was received.",
         f64::from(u8::from(gauges.draining)),
     );
-    out
+    out.finish()
 }
 
 #[cfg(test)]
