@@ -155,7 +155,7 @@ fn service_unit_for_systemd_passes_systemd_analyze_verify() {
         .arg(&path)
         .env("SYSTEMD_LOG_LEVEL", "notice")
         .output()
-        .expect("systemd-analyze is installed (tests/support/setup.sh)");
+        .expect("systemd-analyze is not installed: `apt-get install -y systemd` (.ci/run does)");
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
