@@ -133,7 +133,7 @@ pub fn open(url: &str, label: &str, opener: Option<&str>) -> bool {
             };
             (program, words.collect::<Vec<_>>())
         }
-        None => match system_browser() {
+        None => match crate::platform::browser_command() {
             Some((program, args)) => (program, args),
             None => return false,
         },
@@ -156,14 +156,4 @@ pub fn open(url: &str, label: &str, opener: Option<&str>) -> bool {
             false
         }
     }
-}
-
-/// The system's way to open a URL: `BROWSER` when set, else the platform's opener.
-fn system_browser() -> Option<(String, Vec<String>)> {
-    if let Ok(browser) = std::env::var("BROWSER") {
-        if !browser.trim().is_empty() {
-            return Some((browser, Vec::new()));
-        }
-    }
-    crate::platform::url_opener()
 }

@@ -87,26 +87,15 @@ impl Os {
     }
 }
 
-/// The system's command to open a URL in the browser (`$BROWSER` first), when there is a
-/// display to open it on; the URL is appended as the last argument.
+/// The system's command to open a URL in the browser (`$BROWSER` first, else the platform's
+/// opener when there is a display to open it on); the URL is appended as the last argument.
 pub fn browser_command() -> Option<(String, Vec<String>)> {
     if let Ok(browser) = std::env::var("BROWSER") {
         if !browser.trim().is_empty() {
             return Some((browser, Vec::new()));
         }
     }
-    match Os::current() {
-        Os::MacOs => Some(("open".into(), Vec::new())),
-        Os::Windows => Some((
-            "rundll32".into(),
-            vec!["url.dll,FileProtocolHandler".into()],
-        )),
-        Os::Linux => {
-            let display = std::env::var_os("DISPLAY").is_some()
-                || std::env::var_os("WAYLAND_DISPLAY").is_some();
-            display.then(|| ("xdg-open".into(), Vec::new()))
-        }
-    }
+    url_opener()
 }
 
 /// What asks a server process to end.

@@ -806,6 +806,19 @@ pub mod fs {
     }
 }
 
+/// The program (and leading arguments) that opens a URL in the user's browser.
+pub fn url_opener() -> Option<(String, Vec<String>)> {
+    Some((
+        "rundll32".into(),
+        vec!["url.dll,FileProtocolHandler".into()],
+    ))
+}
+
+/// Whether a keychain could answer: the OS always has one.
+pub fn keychain_reachable() -> Result<(), String> {
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -843,17 +856,4 @@ mod tests {
             assert_eq!(pid, std::process::id());
         }
     }
-}
-
-/// The program (and leading arguments) that opens a URL in the user's browser.
-pub fn url_opener() -> Option<(String, Vec<String>)> {
-    Some((
-        "rundll32".into(),
-        vec!["url.dll,FileProtocolHandler".into()],
-    ))
-}
-
-/// Whether a keychain could answer: the OS always has one.
-pub fn keychain_reachable() -> Result<(), String> {
-    Ok(())
 }
