@@ -10,6 +10,12 @@
 #                                     bash bench/run.sh -- --contenders direct,mcpsm --calls 5000
 #                                     bash bench/run.sh -- --only stdio-host --calls 2000 --rounds 10
 #                                     (the stdio-host section alone: seconds)
+#                                     bash bench/run.sh -- --only managed-http --calls 2000 --rounds 10
+#                                     (one session: direct vs `mcpsm proxy --url` vs `--target`
+#                                     to a managed HTTP daemon, with the manager's CPU per call)
+#                                     bash bench/run.sh -- --only scale-target --sessions 64 --session-calls 40
+#                                     (64 `--target` sessions at once to an HTTP and a stdio
+#                                     daemon: CPU per call of proxies, manager, stdio host, server)
 #
 # The harness is examples/bench.rs (`target/release/examples/bench --help` lists its options).
 # Benchmarks are not tests: nothing here asserts on timings; the harness fails only when calls

@@ -5,12 +5,21 @@
 //! This is a measuring tool, not a test: nothing here asserts on timings. `bash bench/run.sh`
 //! installs the pinned peers, builds mcpsm in release mode, runs this harness and writes
 //! `BENCHMARKS.md` and `bench/results.json`; `--smoke` (CI) runs mcpsm alone against the demo
-//! upstream and the stdio-host section for a few dozen calls, prints to stdout only, and fails
+//! upstream and the mcpsm-only sections for a few dozen calls, prints to stdout only, and fails
 //! only if a call fails.
 //!
-//! Beside the proxies on HTTP upstreams, the stdio-host section (`--only stdio-host` runs it
-//! alone) measures a stdio-only server spawned by the client itself against the same command as
-//! a `transport = "stdio"` registry daemon reached through `mcpsm proxy --target`.
+//! Beside the proxies on HTTP upstreams, mcpsm alone gets these sections (`--only NAME` runs
+//! one of the last three alone; `--skip-managed` skips all but the stdio-host one):
+//! - the manager path: cold start of `mcpsm proxy --target`, warm start, recovery after the
+//!   daemon is killed;
+//! - `managed-http`: one session to a managed HTTP daemon (`mcpsm demo-server`, already
+//!   running) through direct HTTP, `mcpsm proxy --url` and `mcpsm proxy --target demo`, with
+//!   the manager's and the daemon's CPU per call over each contender's calls;
+//! - `stdio-host`: a stdio-only server spawned by the client itself against the same command as
+//!   a `transport = "stdio"` registry daemon reached through `mcpsm proxy --target`;
+//! - `scale-target`: the largest `--sessions` count of `mcpsm proxy --target` sessions at once
+//!   (`--session-calls` calls each), to the HTTP demo daemon and to a stdio daemon behind the
+//!   stdio host, with the CPU per call of the proxies, the manager, the host and the server.
 //!
 //! How it measures:
 //! - The client is a minimal MCP stdio client written here: it spawns a contender's command,
@@ -62,7 +71,7 @@ const SPAWN_PARALLELISM: usize = 4;
     about = "Measure mcpsm proxy side by side with peer stdio->HTTP MCP proxies (see BENCHMARKS.md)"
 )]
 struct Args {
-    /// CI smoke run: mcpsm and direct only, demo upstream and the stdio-host section, a few
+    /// CI smoke run: mcpsm and direct only, demo upstream and the mcpsm-only sections, a few
     /// dozen calls, stdout only; exits non-zero only if a call fails
     #[arg(long)]
     smoke: bool,
@@ -122,11 +131,16 @@ struct Args {
     /// Repetitions of the mcpsm-only cold start and recovery measurements
     #[arg(long, default_value_t = 3)]
     managed_reps: usize,
-    /// Skip the mcpsm-only manager measurements (cold start, warm --target, recovery)
+    /// Skip the mcpsm-only manager measurements (cold start, warm --target, recovery, the
+    /// managed-http and scale-target sections)
     #[arg(long)]
     skip_managed: bool,
     /// Run only this section: `stdio-host` (a stdio-only server spawned directly vs shared
-    /// through `mcpsm proxy --target`); `--calls` and `--rounds` apply
+    /// through `mcpsm proxy --target`; `--calls` and `--rounds` apply), `managed-http` (one
+    /// session to a managed HTTP daemon: direct vs `--url` vs `--target`, with the manager's
+    /// CPU; `--calls` and `--rounds` apply), `scale-target` (the largest `--sessions` count of
+    /// `--target` sessions at once, `--session-calls` each, to an HTTP and a stdio daemon: CPU
+    /// per call of the proxies, the manager, the stdio host and the server)
     #[arg(long, value_enum)]
     only: Option<Section>,
     /// Skip the stdio-host section
@@ -158,7 +172,12 @@ struct Args {
 /// A section `--only` runs.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Section {
+    /// A stdio-only server spawned directly vs shared through `mcpsm proxy --target`
     StdioHost,
+    /// One session to a managed HTTP daemon: direct vs `mcpsm proxy --url` vs `--target`
+    ManagedHttp,
+    /// Many `mcpsm proxy --target` sessions at once, to an HTTP and a stdio daemon
+    ScaleTarget,
 }
 
 impl Args {
@@ -1329,7 +1348,9 @@ struct Report {
     settings: Value,
     upstreams: Vec<UpstreamResult>,
     managed: Option<Managed>,
+    managed_http: Option<ManagedHttp>,
     stdio_host: Option<StdioHost>,
+    scale_target: Option<TargetScale>,
     wall_seconds: f64,
 }
 
@@ -1699,8 +1720,36 @@ async fn many_sessions(ctx: &Ctx, url: &str, contender: &Contender) -> ScaleSet 
     if most == 0 {
         return set;
     }
+    let (mut sessions, open_errors, open_first_error) =
+        open_sessions(ctx, contender, url, most).await;
+    set.open_errors = open_errors;
+    set.open_first_error = open_first_error;
+    for &count in &ctx.args.sessions {
+        let count = count.min(sessions.len());
+        if count == 0 {
+            continue;
+        }
+        let rest = sessions.split_off(count);
+        let (run, _, mut back) = concurrent_calls(ctx, sessions, ctx.args.session_calls, &[]).await;
+        // Put the sessions back in front, so the next run reuses them.
+        back.extend(rest);
+        sessions = back;
+        set.runs.push(run);
+    }
+    close_all(sessions).await;
+    set
+}
+
+/// Opens `count` sessions of `contender`, [`SPAWN_PARALLELISM`] at a time: the sessions that
+/// opened, how many did not, and the first error.
+async fn open_sessions(
+    ctx: &Ctx,
+    contender: &Contender,
+    url: &str,
+    count: usize,
+) -> (Vec<Session>, usize, Option<String>) {
     let semaphore = Arc::new(tokio::sync::Semaphore::new(SPAWN_PARALLELISM));
-    let opens = (0..most).map(|_| {
+    let opens = (0..count).map(|_| {
         let semaphore = semaphore.clone();
         async move {
             let _permit = semaphore.acquire().await;
@@ -1708,105 +1757,115 @@ async fn many_sessions(ctx: &Ctx, url: &str, contender: &Contender) -> ScaleSet 
         }
     });
     let mut sessions: Vec<Session> = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
     for opened in futures_util::future::join_all(opens).await {
         match opened {
             Ok((s, _)) => sessions.push(s),
             Err(e) => {
-                set.open_errors += 1;
-                set.open_first_error.get_or_insert(format!("{e:#}"));
+                errors += 1;
+                first_error.get_or_insert(format!("{e:#}"));
             }
         }
     }
+    (sessions, errors, first_error)
+}
+
+/// All of `sessions` at once, `calls` sequential calls each. The proxies' CPU and RSS (when
+/// the sessions are proxy processes), and the on-CPU time of each of `watch` (sets of pids)
+/// over the same run. Gives the sessions back for reuse.
+async fn concurrent_calls(
+    ctx: &Ctx,
+    sessions: Vec<Session>,
+    calls: usize,
+    watch: &[Vec<i32>],
+) -> (Scale, Vec<procfs::Cpu>, Vec<Session>) {
+    let count = sessions.len();
+    let proxied = sessions.first().is_some_and(|s| s.pgid().is_some());
     let message = Arc::new(json_string(SHORT_MESSAGE));
-    for &count in &ctx.args.sessions {
-        let count = count.min(sessions.len());
-        if count == 0 {
-            continue;
-        }
-        let groups = procfs::groups();
-        let pids: Vec<Vec<i32>> = sessions[..count]
-            .iter()
-            .map(|s| {
-                s.pgid()
-                    .and_then(|g| groups.get(&g).cloned())
-                    .unwrap_or_default()
-            })
-            .collect();
-        let before: Vec<procfs::Cpu> = pids.iter().map(|p| procfs::cpu(p)).collect();
-        let calls = ctx.args.session_calls;
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for mut session in sessions.drain(..count) {
-            let message = message.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(calls);
-                let mut errors = 0;
-                let mut first = None;
-                for _ in 0..calls {
-                    match session.checked_echo(&message, SHORT_MESSAGE).await {
-                        Ok(took) => lat.push(us(took)),
-                        Err(e) => {
-                            errors += 1;
-                            first.get_or_insert(format!("{e:#}"));
-                        }
+    let groups = procfs::groups();
+    let pids: Vec<Vec<i32>> = sessions
+        .iter()
+        .map(|s| {
+            s.pgid()
+                .and_then(|g| groups.get(&g).cloned())
+                .unwrap_or_default()
+        })
+        .collect();
+    let before: Vec<procfs::Cpu> = pids.iter().map(|p| procfs::cpu(p)).collect();
+    let watched_before: Vec<procfs::Cpu> = watch.iter().map(|p| procfs::cpu(p)).collect();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for mut session in sessions {
+        let message = message.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(calls);
+            let mut errors = 0;
+            let mut first = None;
+            for _ in 0..calls {
+                match session.checked_echo(&message, SHORT_MESSAGE).await {
+                    Ok(took) => lat.push(us(took)),
+                    Err(e) => {
+                        errors += 1;
+                        first.get_or_insert(format!("{e:#}"));
                     }
                 }
-                (session, lat, errors, first)
-            }));
-        }
-        let mut run = Scale {
-            sessions: count,
-            calls_per_session: calls,
-            ..Scale::default()
-        };
-        let mut all = Vec::new();
-        let mut back = Vec::new();
-        for task in tasks {
-            match task.await {
-                Ok((session, lat, errors, first)) => {
-                    run.errors += errors;
-                    if run.first_error.is_none() {
-                        run.first_error = first;
-                    }
-                    all.extend(lat);
-                    back.push(session);
-                }
-                Err(e) => {
-                    run.errors += calls;
-                    run.first_error
-                        .get_or_insert(format!("a session task died: {e}"));
-                }
             }
-        }
-        let wall = start.elapsed();
-        let after: Vec<procfs::Cpu> = pids.iter().map(|p| procfs::cpu(p)).collect();
-        run.ok_calls = all.len();
-        run.wall_ms = wall.as_secs_f64() * 1e3;
-        run.calls_per_sec = all.len() as f64 / wall.as_secs_f64();
-        run.latency = stats(&all);
-        if contender.launch.is_some() && !all.is_empty() {
-            let mut total = procfs::Cpu::default();
-            for (a, b) in after.iter().zip(&before) {
-                total.add(a.since(*b));
-            }
-            run.cpu_us_per_call = Some(total.sched_ns as f64 / 1e3 / all.len() as f64);
-            run.cpu_us_per_call_ticks = Some(ticks_us(ctx, total.ticks) / all.len() as f64);
-            let hwm: Vec<u64> = pids
-                .iter()
-                .map(|p| procfs::status_kib(p, "VmHWM"))
-                .collect();
-            run.peak_rss_per_proxy_max_kib = hwm.iter().copied().max();
-            run.peak_rss_per_proxy_mean_kib = Some(hwm.iter().sum::<u64>() / hwm.len() as u64);
-            run.anon_rss_per_proxy_max_kib =
-                pids.iter().map(|p| procfs::status_kib(p, "RssAnon")).max();
-        }
-        // Put the sessions back in front, so the next run reuses them.
-        back.append(&mut sessions);
-        sessions = back;
-        set.runs.push(run);
+            (session, lat, errors, first)
+        }));
     }
-    close_all(sessions).await;
-    set
+    let mut run = Scale {
+        sessions: count,
+        calls_per_session: calls,
+        ..Scale::default()
+    };
+    let mut all = Vec::new();
+    let mut back = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok((session, lat, errors, first)) => {
+                run.errors += errors;
+                if run.first_error.is_none() {
+                    run.first_error = first;
+                }
+                all.extend(lat);
+                back.push(session);
+            }
+            Err(e) => {
+                run.errors += calls;
+                run.first_error
+                    .get_or_insert(format!("a session task died: {e}"));
+            }
+        }
+    }
+    let wall = start.elapsed();
+    let after: Vec<procfs::Cpu> = pids.iter().map(|p| procfs::cpu(p)).collect();
+    let watched: Vec<procfs::Cpu> = watch
+        .iter()
+        .zip(watched_before)
+        .map(|(p, b)| procfs::cpu(p).since(b))
+        .collect();
+    run.ok_calls = all.len();
+    run.wall_ms = wall.as_secs_f64() * 1e3;
+    run.calls_per_sec = all.len() as f64 / wall.as_secs_f64();
+    run.latency = stats(&all);
+    if proxied && !all.is_empty() {
+        let mut total = procfs::Cpu::default();
+        for (a, b) in after.iter().zip(&before) {
+            total.add(a.since(*b));
+        }
+        run.cpu_us_per_call = Some(total.sched_ns as f64 / 1e3 / all.len() as f64);
+        run.cpu_us_per_call_ticks = Some(ticks_us(ctx, total.ticks) / all.len() as f64);
+        let hwm: Vec<u64> = pids
+            .iter()
+            .map(|p| procfs::status_kib(p, "VmHWM"))
+            .collect();
+        run.peak_rss_per_proxy_max_kib = hwm.iter().copied().max();
+        run.peak_rss_per_proxy_mean_kib = Some(hwm.iter().sum::<u64>() / hwm.len() as u64);
+        run.anon_rss_per_proxy_max_kib =
+            pids.iter().map(|p| procfs::status_kib(p, "RssAnon")).max();
+    }
+    (run, watched, back)
 }
 
 fn json_string(text: &str) -> String {
@@ -2154,16 +2213,7 @@ async fn soak(ctx: &Ctx) -> Result<ExitCode> {
     let proxy = session
         .pgid()
         .context("the soak session has no proxy process")?;
-    let state_path = home.dir.join("manager.json");
-    let state: Value = serde_json::from_str(
-        &std::fs::read_to_string(&state_path)
-            .with_context(|| format!("reading {}", state_path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", state_path.display()))?;
-    let manager = state["pid"]
-        .as_i64()
-        .and_then(|p| i32::try_from(p).ok())
-        .with_context(|| format!("no manager pid in {}", state_path.display()))?;
+    let manager = manager_pid(&home)?;
     for _ in 0..WARMUP_CALLS {
         session.checked_echo(&message, SHORT_MESSAGE).await?;
     }
@@ -2534,39 +2584,21 @@ async fn stdio_host_run(ctx: &Ctx, home: &Home, server: StdioServer, port: u16) 
     };
     // The first session starts the manager (if needed), the host and its server process, so
     // the measured one finds them warm, as a client's second session would.
-    if let Err(e) = async {
-        let (session, _) = Session::open(ctx, &mcpsm, "").await?;
-        session.close().await;
-        Ok::<_, anyhow::Error>(())
-    }
-    .await
-    {
+    if let Err(e) = warm_up(ctx, &mcpsm).await {
         run.error = Some(format!("starting the daemon: {e:#}"));
         return run;
     }
-    let port = port.to_string();
     // The daemon's process group: `mcpsm log-writer … -- mcpsm stdio-host --port P …` (the
     // group's leader, which writes the host's stderr to the daemon's log), the host, and the
     // host's server processes.
-    let hosts: Vec<i32> = procfs::find_by_args(&["stdio-host", "--port", &port])
-        .into_iter()
-        .filter(|&p| procfs::args(p).get(1).map(String::as_str) == Some("stdio-host"))
-        .collect();
-    let &[host] = hosts.as_slice() else {
-        run.error = Some(format!(
-            "expected one `mcpsm stdio-host --port {port}`, found {hosts:?}"
-        ));
-        return run;
+    let host = match daemon_pid("stdio-host", port) {
+        Ok(pid) => pid,
+        Err(e) => {
+            run.error = Some(format!("{e:#}"));
+            return run;
+        }
     };
-    let group = procfs::stat_group(host);
-    let hosted = || {
-        group
-            .map(procfs::group)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|&p| !procfs::args(p).iter().any(|a| a == "stdio-host"))
-            .collect::<Vec<_>>()
-    };
+    let hosted = || hosted_servers(host);
     // The host's and its server's CPU over mcpsm's blocks of calls only, as the proxy's.
     let watch = [(1, vec![host]), (1, hosted())];
     let (latencies, watched) = one_session_watching(ctx, "", &[direct, mcpsm], &watch).await;
@@ -2585,6 +2617,275 @@ async fn stdio_host_run(ctx: &Ctx, home: &Home, server: StdioServer, port: u16) 
         run.added_p95_us = Some(m.p95_us - d.p95_us);
         run.added_p99_us = Some(m.p99_us - d.p99_us);
     }
+    run
+}
+
+// ---------------------------------------------------------------------------------------------
+// mcpsm only: the managed `--target` path to an HTTP daemon, and the manager and the stdio
+// host under many `--target` sessions
+
+/// The manager's pid, from `manager.json` in `home`.
+fn manager_pid(home: &Home) -> Result<i32> {
+    let path = home.dir.join("manager.json");
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", path.display()))?;
+    state["pid"]
+        .as_i64()
+        .and_then(|p| i32::try_from(p).ok())
+        .with_context(|| format!("no manager pid in {}", path.display()))
+}
+
+/// The one process `mcpsm SUBCOMMAND --port PORT …` (a managed daemon), not the `mcpsm
+/// log-writer … -- mcpsm SUBCOMMAND --port PORT` that leads its process group.
+fn daemon_pid(subcommand: &str, port: u16) -> Result<i32> {
+    let port = port.to_string();
+    let pids: Vec<i32> = procfs::find_by_args(&[subcommand, "--port", &port])
+        .into_iter()
+        .filter(|&p| procfs::args(p).get(1).map(String::as_str) == Some(subcommand))
+        .collect();
+    match pids.as_slice() {
+        &[pid] => Ok(pid),
+        _ => bail!("expected one `mcpsm {subcommand} --port {port}`, found {pids:?}"),
+    }
+}
+
+/// The server processes behind a stdio host: its process group, less the host and the
+/// log-writer in front of it (whose command lines name `stdio-host`).
+fn hosted_servers(host: i32) -> Vec<i32> {
+    procfs::stat_group(host)
+        .map(procfs::group)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&p| !procfs::args(p).iter().any(|a| a == "stdio-host"))
+        .collect()
+}
+
+/// Opens one session of `contender` and closes it: the manager (if needed) and the daemon
+/// start, so the measured sessions find them warm, as a client's second session would.
+async fn warm_up(ctx: &Ctx, contender: &Contender) -> Result<()> {
+    let (session, _) = Session::open(ctx, contender, "").await?;
+    session.close().await;
+    Ok(())
+}
+
+fn cpu_per_call(cpu: procfs::Cpu, calls: usize) -> Option<f64> {
+    (calls > 0).then(|| cpu.sched_ns as f64 / 1e3 / calls as f64)
+}
+
+#[derive(Serialize, Clone, Debug, Default)]
+struct ManagedHttpRow {
+    contender: String,
+    command: String,
+    /// CPU and RSS are the proxy's (for direct: the harness's whole process, no RSS).
+    one_session: Latency,
+    added_p95_us: Option<f64>,
+    /// The manager process, over this contender's blocks of calls.
+    manager_cpu_us_per_call: Option<f64>,
+    /// The daemon process, over this contender's blocks of calls.
+    daemon_cpu_us_per_call: Option<f64>,
+}
+
+#[derive(Serialize, Clone, Debug, Default)]
+struct ManagedHttp {
+    rows: Vec<ManagedHttpRow>,
+    /// The manager at the end of the run.
+    manager_peak_rss_kib: Option<u64>,
+    manager_anon_rss_kib: Option<u64>,
+    error: Option<String>,
+}
+
+/// One session each of direct, `mcpsm proxy --url` and `mcpsm proxy --target demo` to the same
+/// managed HTTP daemon (already running), interleaved rounds as in [`one_session`]; the
+/// manager's and the daemon's CPU over each contender's blocks of calls.
+async fn measure_managed_http(ctx: &Ctx) -> ManagedHttp {
+    let mut result = ManagedHttp::default();
+    progress(ctx, "mcpsm: --target to an HTTP daemon vs --url vs direct");
+    let home = match Home::create(ctx, "managed-http") {
+        Ok(h) => h,
+        Err(e) => {
+            result.error = Some(format!("{e:#}"));
+            return result;
+        }
+    };
+    let url = format!("http://127.0.0.1:{}/mcp", home.demo_port);
+    let target = Contender {
+        peer: Peer::Mcpsm,
+        name: "mcpsm --target".into(),
+        launch: Some(ctx.target_launch(&home.dir, "demo")),
+    };
+    let found = async {
+        warm_up(ctx, &target).await?;
+        Ok::<_, anyhow::Error>((
+            manager_pid(&home)?,
+            daemon_pid("demo-server", home.demo_port)?,
+        ))
+    }
+    .await;
+    let (manager, daemon) = match found {
+        Ok(pids) => pids,
+        Err(e) => {
+            result.error = Some(format!("starting the demo daemon: {e:#}"));
+            return result;
+        }
+    };
+    let mut url_proxy = ctx.contender(Peer::Mcpsm, &url);
+    url_proxy.name = "mcpsm --url".into();
+    let contenders = [ctx.contender(Peer::Direct, &url), url_proxy, target];
+    let watch: Vec<(usize, Vec<i32>)> = (0..contenders.len())
+        .flat_map(|i| [(i, vec![manager]), (i, vec![daemon])])
+        .collect();
+    let (latencies, watched) = one_session_watching(ctx, &url, &contenders, &watch).await;
+    let direct_p95 = latencies
+        .first()
+        .and_then(|l| l.latency.as_ref())
+        .map(|s| s.p95_us);
+    for (i, (c, l)) in contenders.iter().zip(latencies).enumerate() {
+        let calls = l.calls;
+        result.rows.push(ManagedHttpRow {
+            contender: c.name.clone(),
+            command: c.launch.as_ref().map_or_else(
+                || "(the harness's HTTP client)".into(),
+                // Without its MCPSM_HOME (a scratch directory).
+                |l| {
+                    Launch {
+                        env: Vec::new(),
+                        ..l.clone()
+                    }
+                    .display(ctx)
+                },
+            ),
+            added_p95_us: match (&l.latency, direct_p95) {
+                (Some(s), Some(d)) if c.peer != Peer::Direct => Some(s.p95_us - d),
+                _ => None,
+            },
+            manager_cpu_us_per_call: watched.get(2 * i).and_then(|cpu| cpu_per_call(*cpu, calls)),
+            daemon_cpu_us_per_call: watched
+                .get(2 * i + 1)
+                .and_then(|cpu| cpu_per_call(*cpu, calls)),
+            one_session: l,
+        });
+    }
+    result.manager_peak_rss_kib = Some(procfs::status_kib(&[manager], "VmHWM"));
+    result.manager_anon_rss_kib = Some(procfs::status_kib(&[manager], "RssAnon"));
+    home.stop_manager();
+    result
+}
+
+#[derive(Serialize, Clone, Debug, Default)]
+struct TargetScaleRun {
+    daemon: String,
+    transport: &'static str,
+    /// The proxies' figures (`cpu_us_per_call` summed over every proxy process ÷ calls).
+    scale: Scale,
+    open_errors: usize,
+    open_first_error: Option<String>,
+    /// The manager process over the run ÷ the answered calls.
+    manager_cpu_us_per_call: Option<f64>,
+    /// `mcpsm stdio-host` alone (stdio daemon only).
+    host_cpu_us_per_call: Option<f64>,
+    /// The daemon process (HTTP) or the server process behind the host (stdio).
+    server_cpu_us_per_call: Option<f64>,
+    error: Option<String>,
+}
+
+#[derive(Serialize, Clone, Debug, Default)]
+struct TargetScale {
+    runs: Vec<TargetScaleRun>,
+    error: Option<String>,
+}
+
+/// The largest `--sessions` count of `mcpsm proxy --target` sessions at once, `--session-calls`
+/// each, to the demo HTTP daemon and to the echo stdio server behind the stdio host: the CPU
+/// per call of the proxies, the manager, the host and the server.
+async fn measure_target_scale(ctx: &Ctx) -> TargetScale {
+    let mut result = TargetScale::default();
+    let echo_port = match free_port() {
+        Ok(p) => p,
+        Err(e) => {
+            result.error = Some(format!("{e:#}"));
+            return result;
+        }
+    };
+    let table = StdioServer::Echo.registry_table(ctx, echo_port);
+    let home = match Home::with_daemons(ctx, "scale-target", &table) {
+        Ok(h) => h,
+        Err(e) => {
+            result.error = Some(format!("{e:#}"));
+            return result;
+        }
+    };
+    for (daemon, stdio) in [("demo", false), (StdioServer::Echo.daemon(), true)] {
+        progress(
+            ctx,
+            &format!("mcpsm: concurrent --target sessions ({daemon})"),
+        );
+        let port = if stdio { echo_port } else { home.demo_port };
+        result
+            .runs
+            .push(target_scale_run(ctx, &home, daemon, stdio, port).await);
+    }
+    home.stop_manager();
+    result
+}
+
+async fn target_scale_run(
+    ctx: &Ctx,
+    home: &Home,
+    daemon: &str,
+    stdio: bool,
+    port: u16,
+) -> TargetScaleRun {
+    let mut run = TargetScaleRun {
+        daemon: daemon.into(),
+        transport: if stdio { "stdio" } else { "streamable-http" },
+        ..TargetScaleRun::default()
+    };
+    let contender = Contender {
+        peer: Peer::Mcpsm,
+        name: "mcpsm --target".into(),
+        launch: Some(ctx.target_launch(&home.dir, daemon)),
+    };
+    // Watched: the manager, then the host (stdio) or the daemon (HTTP), then the hosted server.
+    let found = async {
+        warm_up(ctx, &contender).await?;
+        let manager = manager_pid(home)?;
+        if stdio {
+            let host = daemon_pid("stdio-host", port)?;
+            Ok::<_, anyhow::Error>(vec![vec![manager], vec![host], hosted_servers(host)])
+        } else {
+            Ok(vec![vec![manager], vec![daemon_pid("demo-server", port)?]])
+        }
+    }
+    .await;
+    let watch = match found {
+        Ok(w) => w,
+        Err(e) => {
+            run.error = Some(format!("starting the daemon: {e:#}"));
+            return run;
+        }
+    };
+    let count = ctx.args.sessions.iter().copied().max().unwrap_or(0);
+    let (sessions, open_errors, open_first_error) = open_sessions(ctx, &contender, "", count).await;
+    run.open_errors = open_errors;
+    run.open_first_error = open_first_error;
+    if sessions.is_empty() {
+        return run;
+    }
+    let (scale, watched, sessions) =
+        concurrent_calls(ctx, sessions, ctx.args.session_calls, &watch).await;
+    close_all(sessions).await;
+    let calls = scale.ok_calls;
+    let per_call = |k: usize| watched.get(k).and_then(|cpu| cpu_per_call(*cpu, calls));
+    run.manager_cpu_us_per_call = per_call(0);
+    if stdio {
+        run.host_cpu_us_per_call = per_call(1);
+        run.server_cpu_us_per_call = per_call(2);
+    } else {
+        run.server_cpu_us_per_call = per_call(1);
+    }
+    run.scale = scale;
     run
 }
 
@@ -2788,6 +3089,21 @@ fn fmt_opt_us(v: Option<f64>) -> String {
 
 fn fmt_cpu(v: Option<f64>) -> String {
     v.map_or_else(|| "—".into(), |v| format!("{v:.0} µs"))
+}
+
+/// CPU figures that may be near zero (the manager's): one decimal below 10 µs.
+fn fmt_cpu_fine(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v < 10.0 => format!("{v:.1} µs"),
+        _ => fmt_cpu(v),
+    }
+}
+
+fn fmt_errors(errors: usize, first: &Option<String>) -> String {
+    match first {
+        Some(e) if errors > 0 => format!("**{errors}** ({})", excerpt(e).replace('|', "/")),
+        _ => errors.to_string(),
+    }
 }
 
 fn fmt_kib(v: Option<u64>) -> String {
@@ -3081,8 +3397,14 @@ fn render(report: &Report) -> String {
     if let Some(managed) = &report.managed {
         render_managed(&mut md, managed);
     }
+    if let Some(managed_http) = &report.managed_http {
+        render_managed_http(&mut md, managed_http, &report.settings);
+    }
     if let Some(host) = &report.stdio_host {
         render_stdio_host(&mut md, host);
+    }
+    if let Some(scale) = &report.scale_target {
+        render_target_scale(&mut md, scale);
     }
     md
 }
@@ -3159,6 +3481,173 @@ fn render_managed(md: &mut String, managed: &Managed) {
     );
     if !r.errors.is_empty() {
         let _ = writeln!(md, "\nErrors: {}", excerpt(&r.errors.join("; ")));
+    }
+    let _ = writeln!(md);
+}
+
+fn render_managed_http(md: &mut String, m: &ManagedHttp, settings: &Value) {
+    let _ = writeln!(
+        md,
+        "## mcpsm only: the managed `--target` path to an HTTP daemon\n"
+    );
+    let calls = m
+        .rows
+        .iter()
+        .map(|r| r.one_session.calls)
+        .max()
+        .unwrap_or(0);
+    let _ = writeln!(
+        md,
+        "The registry daemon `demo` (`mcpsm demo-server`, streamable HTTP), already started by \
+         the manager (a scratch `MCPSM_HOME`); one session per contender, {WARMUP_CALLS} warm-up \
+         calls, then {calls} sequential `tools/call echo` in {} interleaved rounds. **direct**: \
+         the harness's HTTP client to the daemon's port; **mcpsm --url**: `mcpsm proxy --url` to \
+         the same port, no manager involved; **mcpsm --target**: `mcpsm proxy --target demo`, \
+         which asks the manager to ensure the daemon, then talks to it itself. *Proxy CPU*: the \
+         proxy process (in parentheses for direct: the harness's whole process); *manager CPU* \
+         and *daemon CPU*: the manager process and the daemon process (schedstat, every \
+         thread) over the same blocks of calls as the contender's, ÷ those calls.\n",
+        settings["rounds"]
+    );
+    if let Some(e) = &m.error {
+        let _ = writeln!(md, "Could not set up the managed daemon: {}\n", excerpt(e));
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "| contender | p50 | p95 | p99 | added p50 | added p95 | added p99 | proxy CPU / call | manager CPU / call | daemon CPU / call | peak RSS | private RSS |"
+    );
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in &m.rows {
+        let l = &r.one_session;
+        if let (None, Some(fail)) = (&l.latency, fail_cell(&l.error)) {
+            let _ = writeln!(md, "| {} | {fail} | | | | | | | | | | |", r.contender);
+            continue;
+        }
+        let direct = r.contender == Peer::Direct.name();
+        let dash = |text: String| if direct { "—".to_owned() } else { text };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.contender,
+            fmt_stat(&l.latency, |s| s.p50_us),
+            fmt_stat(&l.latency, |s| s.p95_us),
+            fmt_stat(&l.latency, |s| s.p99_us),
+            dash(fmt_added(l.added_p50_us)),
+            dash(fmt_added(r.added_p95_us)),
+            dash(fmt_added(l.added_p99_us)),
+            if direct {
+                format!("({})", fmt_cpu(l.cpu_us_per_call))
+            } else {
+                fmt_cpu(l.cpu_us_per_call)
+            },
+            fmt_cpu_fine(r.manager_cpu_us_per_call),
+            fmt_cpu(r.daemon_cpu_us_per_call),
+            dash(fmt_kib(l.peak_rss_kib)),
+            dash(fmt_kib(l.anon_rss_kib)),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nThe manager at the end of the run: {} peak RSS ({} private).\n",
+        fmt_kib(m.manager_peak_rss_kib),
+        fmt_kib(m.manager_anon_rss_kib)
+    );
+    let errors: Vec<String> = m
+        .rows
+        .iter()
+        .filter_map(|r| {
+            r.one_session
+                .error
+                .as_ref()
+                .map(|e| format!("{}: {e}", r.contender))
+        })
+        .collect();
+    if !errors.is_empty() {
+        let _ = writeln!(md, "Errors: {}\n", excerpt(&errors.join("; ")));
+    }
+    let commands: Vec<String> = m
+        .rows
+        .iter()
+        .map(|r| format!("{} `{}`", r.contender, r.command))
+        .collect();
+    let _ = writeln!(
+        md,
+        "Commands (`PORT` is the daemon's): {}; the registry's `[daemons.demo]` runs `mcpsm \
+         demo-server --port {{port}}`.\n",
+        commands.join("; ")
+    );
+}
+
+fn render_target_scale(md: &mut String, t: &TargetScale) {
+    let _ = writeln!(
+        md,
+        "## mcpsm only: the manager and the stdio host under many `--target` sessions\n"
+    );
+    let _ = writeln!(
+        md,
+        "Every session is its own `mcpsm proxy --target NAME` process (opened {SPAWN_PARALLELISM} \
+         at a time, manager and daemon already running) doing sequential `tools/call echo`; all \
+         sessions run at once. **demo**: `mcpsm demo-server`, streamable HTTP; **echo-stdio**: \
+         the harness's minimal stdio server (`bench --serve-stdio-echo`) as a `transport = \
+         \"stdio\"` daemon, behind `mcpsm stdio-host`. *Throughput*: answered calls ÷ the run's \
+         wall time. *CPU / call*: on-CPU time (schedstat, every thread) over the run ÷ the \
+         answered calls, of: all the proxy processes together (= the mean proxy's), the manager \
+         process, the stdio host alone, and the server (the demo daemon, or the stdio server \
+         behind the host).\n"
+    );
+    if let Some(e) = &t.error {
+        let _ = writeln!(md, "Could not set up the daemons: {}\n", excerpt(e));
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "| daemon | sessions × calls | throughput | errors | p50 | p99 | proxies CPU / call | manager CPU / call | stdio host CPU / call | server CPU / call |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for run in &t.runs {
+        let name = format!("{} ({})", run.daemon, run.transport);
+        if let Some(e) = &run.error {
+            let _ = writeln!(
+                md,
+                "| {name} | failed: {} | | | | | | | | |",
+                excerpt(e).replace('|', "/")
+            );
+            continue;
+        }
+        if run.open_errors > 0 {
+            let _ = writeln!(
+                md,
+                "| {name} | {} sessions failed to open: {} | | | | | | | | |",
+                run.open_errors,
+                excerpt(run.open_first_error.as_deref().unwrap_or("")).replace('|', "/")
+            );
+        }
+        let r = &run.scale;
+        if r.sessions == 0 {
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {name} | {} × {} | {:.0} calls/s | {} | {} | {} | {} | {} | {} | {} |",
+            r.sessions,
+            r.calls_per_session,
+            r.calls_per_sec,
+            fmt_errors(r.errors, &r.first_error),
+            fmt_stat(&r.latency, |s| s.p50_us),
+            fmt_stat(&r.latency, |s| s.p99_us),
+            fmt_cpu(r.cpu_us_per_call),
+            fmt_cpu_fine(run.manager_cpu_us_per_call),
+            if run.transport == "stdio" {
+                fmt_cpu_fine(run.host_cpu_us_per_call)
+            } else {
+                "—".into()
+            },
+            fmt_cpu(run.server_cpu_us_per_call),
+        );
     }
     let _ = writeln!(md);
 }
@@ -3534,6 +4023,31 @@ fn summary(report: &Report) -> String {
             }
         );
     }
+    if let Some(m) = &report.managed_http {
+        let _ = writeln!(out, "mcpsm --target to an HTTP daemon (demo):");
+        if let Some(e) = &m.error {
+            let _ = writeln!(out, "  ERROR: {}", excerpt(e));
+        }
+        for r in &m.rows {
+            let l = &r.one_session;
+            let _ = writeln!(
+                out,
+                "  {:<14} p50 {:>9} p95 {:>9} p99 {:>9} added p50 {:>9} cpu/call {:>7} manager {:>7} daemon {:>7}{}",
+                r.contender,
+                fmt_stat(&l.latency, |s| s.p50_us),
+                fmt_stat(&l.latency, |s| s.p95_us),
+                fmt_stat(&l.latency, |s| s.p99_us),
+                fmt_added(l.added_p50_us),
+                fmt_cpu(l.cpu_us_per_call),
+                fmt_cpu_fine(r.manager_cpu_us_per_call),
+                fmt_cpu(r.daemon_cpu_us_per_call),
+                l.error
+                    .as_ref()
+                    .map(|e| format!("  ERROR: {}", excerpt(e)))
+                    .unwrap_or_default()
+            );
+        }
+    }
     if let Some(h) = &report.stdio_host {
         if let Some(e) = &h.error {
             let _ = writeln!(out, "stdio host: ERROR: {}", excerpt(e));
@@ -3572,6 +4086,41 @@ fn summary(report: &Report) -> String {
                 fmt_cpu(run.host_cpu_us_per_call),
                 fmt_kib(run.hosted_server_peak_rss_kib),
                 fmt_cpu(run.hosted_server_cpu_us_per_call),
+            );
+        }
+    }
+    if let Some(t) = &report.scale_target {
+        if let Some(e) = &t.error {
+            let _ = writeln!(out, "concurrent --target sessions: ERROR: {}", excerpt(e));
+        }
+        for run in &t.runs {
+            let r = &run.scale;
+            let _ = writeln!(
+                out,
+                "concurrent --target sessions ({}, {}): {} × {}, {:.0} calls/s, {} errors, p50 {}, p99 {}; cpu/call: proxies {}, manager {}, stdio host {}, server {}{}{}",
+                run.daemon,
+                run.transport,
+                r.sessions,
+                r.calls_per_session,
+                r.calls_per_sec,
+                r.errors,
+                fmt_stat(&r.latency, |s| s.p50_us),
+                fmt_stat(&r.latency, |s| s.p99_us),
+                fmt_cpu(r.cpu_us_per_call),
+                fmt_cpu_fine(run.manager_cpu_us_per_call),
+                fmt_cpu_fine(run.host_cpu_us_per_call),
+                fmt_cpu(run.server_cpu_us_per_call),
+                [&run.error, &r.first_error, &run.open_first_error]
+                    .into_iter()
+                    .flatten()
+                    .next()
+                    .map(|e| format!("  ERROR: {}", excerpt(e)))
+                    .unwrap_or_default(),
+                if run.open_errors > 0 {
+                    format!(" ({} sessions failed to open)", run.open_errors)
+                } else {
+                    String::new()
+                }
             );
         }
     }
@@ -3621,6 +4170,40 @@ fn failures(report: &Report) -> Vec<String> {
             out.push(format!("warm --target: {e}"));
         }
         out.extend(m.recovery.errors.iter().map(|e| format!("recovery: {e}")));
+    }
+    if let Some(m) = &report.managed_http {
+        if let Some(e) = &m.error {
+            out.push(format!("managed http: {e}"));
+        }
+        for r in &m.rows {
+            if let Some(e) = &r.one_session.error {
+                out.push(format!("managed http / {}: {e}", r.contender));
+            }
+        }
+    }
+    if let Some(t) = &report.scale_target {
+        if let Some(e) = &t.error {
+            out.push(format!("target sessions: {e}"));
+        }
+        for run in &t.runs {
+            let name = format!("target sessions ({})", run.daemon);
+            if let Some(e) = &run.error {
+                out.push(format!("{name}: {e}"));
+            }
+            if let Some(e) = &run.open_first_error {
+                out.push(format!(
+                    "{name}: {} sessions failed to open, first: {e}",
+                    run.open_errors
+                ));
+            }
+            if run.scale.errors > 0 {
+                out.push(format!(
+                    "{name}: {} errors, first: {}",
+                    run.scale.errors,
+                    run.scale.first_error.as_deref().unwrap_or("")
+                ));
+            }
+        }
     }
     if let Some(h) = &report.stdio_host {
         if let Some(e) = &h.error {
@@ -3697,11 +4280,18 @@ async fn run(mut args: Args) -> Result<ExitCode> {
         args.contenders = vec!["mcpsm".into()];
         args.upstreams = vec!["demo".into()];
     }
-    if args.only == Some(Section::StdioHost) {
+    // The mcpsm-only sections: all of them, or the one `--only` names.
+    let only = args.only;
+    let wants = |section: Section| only.is_none_or(|only| only == section);
+    let (mut run_managed_http, mut run_scale_target) =
+        (wants(Section::ManagedHttp), wants(Section::ScaleTarget));
+    if only.is_some() {
         args.upstreams = Vec::new();
         args.contenders = vec!["mcpsm".into()];
         args.skip_managed = true;
-        args.skip_stdio_host = false;
+        args.skip_stdio_host = !wants(Section::StdioHost);
+    } else if args.skip_managed {
+        (run_managed_http, run_scale_target) = (false, false);
     }
     let mut peers: Vec<Peer> = args
         .contenders
@@ -3817,8 +4407,14 @@ async fn run(mut args: Args) -> Result<ExitCode> {
         }
         results.push(result);
     }
-    let managed = if peers.contains(&Peer::Mcpsm) && !args.skip_managed {
+    let with_mcpsm = peers.contains(&Peer::Mcpsm);
+    let managed = if with_mcpsm && !args.skip_managed {
         Some(measure_managed(&ctx, needs_everything).await)
+    } else {
+        None
+    };
+    let managed_http = if with_mcpsm && run_managed_http {
+        Some(measure_managed_http(&ctx).await)
     } else {
         None
     };
@@ -3826,6 +4422,11 @@ async fn run(mut args: Args) -> Result<ExitCode> {
         None
     } else {
         Some(measure_stdio_host(&ctx, &stdio_servers).await)
+    };
+    let scale_target = if with_mcpsm && run_scale_target {
+        Some(measure_target_scale(&ctx).await)
+    } else {
+        None
     };
     let mut version_upstreams = upstreams.clone();
     if stdio_servers.contains(&StdioServer::Everything) {
@@ -3849,7 +4450,9 @@ async fn run(mut args: Args) -> Result<ExitCode> {
         }),
         upstreams: results,
         managed,
+        managed_http,
         stdio_host,
+        scale_target,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     print!("{}", summary(&report));
@@ -3878,6 +4481,8 @@ async fn run(mut args: Args) -> Result<ExitCode> {
             || f.starts_with("warm")
             || f.starts_with("recovery")
             || f.starts_with("stdio host")
+            || f.starts_with("managed http")
+            || f.starts_with("target sessions")
             || f.contains("/ direct")
     });
     Ok(if mcpsm_failed || args.smoke {
