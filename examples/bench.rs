@@ -3506,7 +3506,9 @@ fn render_managed_http(md: &mut String, m: &ManagedHttp, settings: &Value) {
          which asks the manager to ensure the daemon, then talks to it itself. *Proxy CPU*: the \
          proxy process (in parentheses for direct: the harness's whole process); *manager CPU* \
          and *daemon CPU*: the manager process and the daemon process (schedstat, every \
-         thread) over the same blocks of calls as the contender's, ÷ those calls.\n",
+         thread) over the same blocks of calls as the contender's, ÷ those calls; the manager's \
+         figure in the *direct* and *--url* rows, where it has nothing to do with the calls, is \
+         its background.\n",
         settings["rounds"]
     );
     if let Some(e) = &m.error {
@@ -3597,7 +3599,9 @@ fn render_target_scale(md: &mut String, t: &TargetScale) {
          wall time. *CPU / call*: on-CPU time (schedstat, every thread) over the run ÷ the \
          answered calls, of: all the proxy processes together (= the mean proxy's), the manager \
          process, the stdio host alone, and the server (the demo daemon, or the stdio server \
-         behind the host).\n"
+         behind the host). The manager's figure is whatever it does for the sessions meanwhile \
+         (their leases, their periodic reports of figures), spread over the run's calls: the \
+         shorter the run (*wall*), the less of that it catches.\n"
     );
     if let Some(e) = &t.error {
         let _ = writeln!(md, "Could not set up the daemons: {}\n", excerpt(e));
@@ -3605,15 +3609,18 @@ fn render_target_scale(md: &mut String, t: &TargetScale) {
     }
     let _ = writeln!(
         md,
-        "| daemon | sessions × calls | throughput | errors | p50 | p99 | proxies CPU / call | manager CPU / call | stdio host CPU / call | server CPU / call |"
+        "| daemon | sessions × calls | wall | throughput | errors | p50 | p99 | proxies CPU / call | manager CPU / call | stdio host CPU / call | server CPU / call |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for run in &t.runs {
         let name = format!("{} ({})", run.daemon, run.transport);
         if let Some(e) = &run.error {
             let _ = writeln!(
                 md,
-                "| {name} | failed: {} | | | | | | | | |",
+                "| {name} | failed: {} | | | | | | | | | |",
                 excerpt(e).replace('|', "/")
             );
             continue;
@@ -3621,7 +3628,7 @@ fn render_target_scale(md: &mut String, t: &TargetScale) {
         if run.open_errors > 0 {
             let _ = writeln!(
                 md,
-                "| {name} | {} sessions failed to open: {} | | | | | | | | |",
+                "| {name} | {} sessions failed to open: {} | | | | | | | | | |",
                 run.open_errors,
                 excerpt(run.open_first_error.as_deref().unwrap_or("")).replace('|', "/")
             );
@@ -3632,9 +3639,10 @@ fn render_target_scale(md: &mut String, t: &TargetScale) {
         }
         let _ = writeln!(
             md,
-            "| {name} | {} × {} | {:.0} calls/s | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} × {} | {} | {:.0} calls/s | {} | {} | {} | {} | {} | {} | {} |",
             r.sessions,
             r.calls_per_session,
+            fmt_us(r.wall_ms * 1e3),
             r.calls_per_sec,
             fmt_errors(r.errors, &r.first_error),
             fmt_stat(&r.latency, |s| s.p50_us),
