@@ -139,31 +139,48 @@ pub fn forget(home: &std::path::Path, key: &str) -> Result<bool, AuthError> {
 
 /// The HTTP requests of discovery and the token endpoint.
 pub struct Http {
-    client: reqwest::Client,
+    /// Built at the first request: building it loads the system's root certificates
+    /// (milliseconds and hundreds of KiB), which a proxy whose server never asks for OAuth
+    /// must not pay at every start.
+    client: std::sync::OnceLock<reqwest::Client>,
+    /// The authorization server is on this machine: no `HTTP_PROXY`.
+    loopback: bool,
     /// Proofs on token requests when tokens are DPoP-bound.
     dpop: Option<std::sync::Arc<dpop::Dpop>>,
 }
 
 impl Http {
-    fn new(server: &Url, dpop: Option<std::sync::Arc<dpop::Dpop>>) -> Result<Http, AuthError> {
+    fn new(server: &Url, dpop: Option<std::sync::Arc<dpop::Dpop>>) -> Http {
+        Http {
+            client: std::sync::OnceLock::new(),
+            loopback: http::is_loopback(server),
+            dpop,
+        }
+    }
+
+    /// The client, built on first use.
+    fn client(&self) -> Result<&reqwest::Client, AuthError> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
         http::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30));
-        if http::is_loopback(server) {
+        if self.loopback {
             builder = builder.no_proxy();
         }
         let client = builder
             .build()
-            .map_err(|e| AuthError::Http(e.to_string()))?;
-        Ok(Http { client, dpop })
+            .map_err(|e| AuthError::Http(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(self.client.get_or_init(|| client))
     }
 
     /// A JSON document, or `None` when there is none at `url` (any non-2xx, or not JSON).
     async fn get_json<T: DeserializeOwned>(&self, url: &Url) -> Result<Option<T>, AuthError> {
         debug!(%url, "oauth: GET");
         let response = self
-            .client
+            .client()?
             .get(url.clone())
             .header(ACCEPT, http::JSON)
             .send()
@@ -184,7 +201,7 @@ impl Http {
         body: &serde_json::Value,
     ) -> Result<T, AuthError> {
         let request = self
-            .client
+            .client()?
             .post(url)
             .header(CONTENT_TYPE, http::JSON)
             .header(ACCEPT, http::JSON)
@@ -210,9 +227,9 @@ impl Http {
             }
             None => None,
         };
+        let client = self.client()?;
         let make = || {
-            let request = self
-                .client
+            let request = client
                 .post(url)
                 .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
                 .header(ACCEPT, http::JSON)
@@ -313,7 +330,7 @@ impl OAuth {
             false => None,
         };
         let oauth = OAuth {
-            http: Http::new(&server, dpop)?,
+            http: Http::new(&server, dpop),
             server,
             label,
             settings,
@@ -379,7 +396,7 @@ impl OAuth {
         let _flight = self.flight.lock().await;
         let response = self
             .http
-            .client
+            .client()?
             .post(self.server.clone())
             .header(CONTENT_TYPE, http::JSON)
             .header(ACCEPT, http::ACCEPT_BOTH)
