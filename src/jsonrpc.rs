@@ -12,6 +12,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+mod scan;
+
 /// Invalid JSON was received.
 pub const PARSE_ERROR: i64 = -32700;
 /// The JSON sent is not a valid request object.
@@ -450,6 +452,16 @@ impl IdScanner {
 impl Message {
     /// Parses one JSON object. `raw` must hold a single line (no raw `\n`/`\r`).
     pub fn parse(raw: Bytes) -> Result<Message, ParseError> {
+        if let Some(fields) = scan::envelope(&raw) {
+            return Ok(Message {
+                id: fields.id.map(Id::from_json),
+                method: fields.method.map(Box::from),
+                error: fields.error,
+                raw,
+            });
+        }
+        // What the one-pass scanner leaves to serde: invalid JSON (serde says what is wrong)
+        // and the rare valid forms it does not handle.
         let (id, method, error) = {
             let envelope: Envelope<'_> = serde_json::from_slice(&raw)?;
             (
@@ -485,7 +497,7 @@ impl Message {
                         if !text.starts_with('{') {
                             return Err(ParseError::NotAnObject(json_type_name(text)));
                         }
-                        Message::parse(Bytes::copy_from_slice(text.as_bytes()))
+                        Message::parse(raw.slice_ref(text.as_bytes()))
                     })
                     .collect()
             }
@@ -564,13 +576,17 @@ impl Message {
     /// The same message with its id written as `id` is: a response of the daemon handed back
     /// under the id text the client used. The bytes around the id are kept as they are.
     pub fn with_id_text(&self, id: &Id) -> Message {
-        let range = serde_json::from_slice::<Envelope<'_>>(&self.raw)
-            .ok()
-            .and_then(|envelope| envelope.id)
-            .map(|raw| {
-                let start = raw.get().as_ptr() as usize - self.raw.as_ptr() as usize;
-                start..start + raw.get().len()
-            });
+        let id_text = match scan::envelope(&self.raw) {
+            Some(fields) => fields.id,
+            None => serde_json::from_slice::<Envelope<'_>>(&self.raw)
+                .ok()
+                .and_then(|envelope| envelope.id)
+                .map(RawValue::get),
+        };
+        let range = id_text.map(|text| {
+            let start = text.as_ptr() as usize - self.raw.as_ptr() as usize;
+            start..start + text.len()
+        });
         let Some(range) = range else {
             return self.clone();
         };
@@ -621,7 +637,7 @@ impl Message {
                 for item in items {
                     let text = item.get();
                     let parsed = if text.starts_with('{') {
-                        Message::parse(Bytes::copy_from_slice(text.as_bytes()))
+                        Message::parse(raw.slice_ref(text.as_bytes()))
                     } else {
                         Err(ParseError::NotAnObject(json_type_name(text)))
                     };
