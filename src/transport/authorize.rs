@@ -10,6 +10,7 @@ use std::pin::Pin;
 use reqwest::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use tracing::warn;
 
+use super::http::SendError;
 use super::Shared;
 
 /// How often one message is sent again after a refusal: a first authorization, then one
@@ -45,14 +46,28 @@ pub trait Authorizer: Send + Sync {
 }
 
 impl Shared {
+    /// Sends `request`: through the [`http::Lean`](super::http::Lean) client when the daemon
+    /// is at a loopback `http://` URL, else with reqwest's `client`.
+    pub(crate) async fn execute(
+        &self,
+        client: reqwest::Client,
+        request: reqwest::Request,
+    ) -> Result<reqwest::Response, SendError> {
+        match &self.lean {
+            Some(lean) if lean.takes(&request) => Ok(lean.execute(request).await?),
+            _ => Ok(client.execute(request).await?),
+        }
+    }
+
     /// Sends the request `make` builds, with the authorizer's header when there is one, and
     /// again (rebuilt) after a refusal the authorizer could answer.
     pub(crate) async fn send_authorized(
         &self,
         make: impl Fn() -> reqwest::RequestBuilder,
-    ) -> reqwest::Result<reqwest::Response> {
+    ) -> Result<reqwest::Response, SendError> {
         let Some(authorizer) = &self.hooks.authorizer else {
-            return make().send().await;
+            let (client, request) = make().build_split();
+            return self.execute(client, request?).await;
         };
         let mut retries = 0;
         let mut nonce_retried = false;
@@ -69,7 +84,7 @@ impl Shared {
                 }
             }
             let url = request.url().clone();
-            let response = client.execute(request).await?;
+            let response = self.execute(client, request).await?;
             authorizer.observe(&url, response.headers());
             let status = response.status().as_u16();
             let challenge = response

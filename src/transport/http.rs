@@ -38,6 +38,138 @@ pub fn client(url: &Url) -> Result<reqwest::Client, reqwest::Error> {
     builder.build()
 }
 
+/// The proxy's own HTTP/1.1 client for a daemon at a loopback `http://` URL, where reqwest would
+/// use no proxy and no TLS. reqwest spends about 13,000 instructions on every request in layers
+/// no option turns off: its redirect layer turns the request's URI back into a string and parses
+/// it as a `Url`, the response's URI is parsed once more, and retry and redirect futures wrap
+/// each call. This sends the same request (headers, body, the connection settings of
+/// [`client`]) through the hyper client reqwest itself is built on, with the URI parsed once,
+/// and hands back a `reqwest::Response`, so reading answers works as before.
+///
+/// It differs from reqwest in one respect: it follows no redirects (a loopback daemon has no
+/// reason to send any, and reqwest turns a redirected POST into a GET anyway).
+pub struct Lean {
+    client: LeanClient,
+    /// The daemon's URL; requests to any other URL go through reqwest.
+    url: Url,
+    /// `url`, parsed once.
+    uri: hyper::Uri,
+}
+
+type LeanClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    reqwest::Body,
+>;
+
+impl Lean {
+    /// The lean client for `url`, when it is a loopback `http://` URL.
+    pub fn new(url: &Url) -> Option<Lean> {
+        if url.scheme() != "http" || !is_loopback(url) {
+            return None;
+        }
+        let uri = url.as_str().parse::<hyper::Uri>().ok()?;
+        // reqwest's settings (see `client`, and reqwest's own TCP keepalive defaults).
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        connector.set_keepalive(Some(Duration::from_secs(15)));
+        connector.set_keepalive_interval(Some(Duration::from_secs(15)));
+        connector.set_keepalive_retries(Some(3));
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(slots().requests + slots().others)
+                .build(connector);
+        Some(Lean {
+            client,
+            url: url.clone(),
+            uri,
+        })
+    }
+
+    /// Whether `request` can go this way: it is for the daemon's URL and wants nothing only
+    /// reqwest does (a timeout of its own).
+    pub fn takes(&self, request: &reqwest::Request) -> bool {
+        request.url() == &self.url && request.timeout().is_none()
+    }
+
+    /// Sends `request` (one [`Lean::takes`]) to the daemon.
+    pub async fn execute(
+        &self,
+        mut request: reqwest::Request,
+    ) -> Result<reqwest::Response, hyper_util::client::legacy::Error> {
+        // As reqwest does: no body is an empty one.
+        let body = request
+            .body_mut()
+            .take()
+            .unwrap_or_else(|| reqwest::Body::from(Bytes::new()));
+        let mut sent = hyper::Request::new(body);
+        *sent.method_mut() = request.method().clone();
+        *sent.uri_mut() = self.uri.clone();
+        *sent.headers_mut() = std::mem::take(request.headers_mut());
+        let response = self.client.request(sent).await?;
+        let (mut parts, body) = response.into_parts();
+        // reqwest keeps a response's URL in an extension of its own, which only its builder
+        // extension sets; without it, the conversion parses a placeholder URL every time.
+        use reqwest::ResponseBuilderExt as _;
+        if let Ok(marker) = hyper::Response::builder().url(self.url.clone()).body(()) {
+            parts.extensions.extend(marker.into_parts().0.extensions);
+        }
+        Ok(reqwest::Response::from(hyper::Response::from_parts(
+            parts,
+            reqwest::Body::wrap(body),
+        )))
+    }
+}
+
+/// Why a request got no answer, from reqwest or from the [`Lean`] client.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Reqwest(#[from] reqwest::Error),
+    #[error(transparent)]
+    Lean(#[from] hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    /// The error itself, whose `source()` chain leads to the cause.
+    pub fn error(&self) -> &(dyn std::error::Error + 'static) {
+        match self {
+            SendError::Reqwest(e) => e,
+            SendError::Lean(e) => e,
+        }
+    }
+
+    /// No connection could be made.
+    pub fn is_connect(&self) -> bool {
+        match self {
+            SendError::Reqwest(e) => e.is_connect(),
+            SendError::Lean(e) => e.is_connect(),
+        }
+    }
+
+    /// The innermost cause, as [`cause`] says it.
+    pub fn cause(&self) -> String {
+        match self {
+            SendError::Reqwest(e) => cause(e),
+            SendError::Lean(e) => {
+                let text = innermost(e);
+                let timed_out = any_cause(e, |e| {
+                    e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                });
+                if timed_out {
+                    format!("timed out ({text})")
+                } else {
+                    text
+                }
+            }
+        }
+    }
+}
+
 /// How many messages of one session may use a connection to the daemon at once.
 ///
 /// Each message on its way (or waiting for its answer) holds a connection: HTTP/1.1 carries one
@@ -225,14 +357,42 @@ impl EventStream {
 
 /// The innermost cause of an HTTP error, which is the part a person can act on.
 pub fn cause(error: &reqwest::Error) -> String {
-    let mut source: &dyn std::error::Error = error;
-    while let Some(next) = source.source() {
-        source = next;
-    }
-    let text = source.to_string();
+    let text = innermost(error);
     if error.is_timeout() {
         format!("timed out ({text})")
     } else {
         text
     }
+}
+
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut source = error;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    source.to_string()
+}
+
+/// Whether `test` holds for the error or anything it wraps. An `io::Error` hides the error it
+/// wraps from `source()`, so that one is looked into as well.
+pub(crate) fn any_cause(
+    error: &(dyn std::error::Error + 'static),
+    test: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
+    let mut pending = vec![error];
+    while let Some(e) = pending.pop() {
+        if test(e) {
+            return true;
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            pending.push(inner);
+        }
+        if let Some(source) = e.source() {
+            pending.push(source);
+        }
+    }
+    false
 }

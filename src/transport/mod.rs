@@ -146,6 +146,8 @@ struct ClientSession {
 /// State shared by the transport tasks of one session.
 pub(crate) struct Shared {
     pub http: reqwest::Client,
+    /// The lean client for a loopback `http://` daemon (see [`http::Lean`]).
+    lean: Option<http::Lean>,
     pub options: Options,
     out: mpsc::Sender<Bytes>,
     pending: Mutex<HashMap<Id, Pending>>,
@@ -554,10 +556,12 @@ impl Upstream {
         hooks: Hooks,
     ) -> Result<Arc<Upstream>, reqwest::Error> {
         let http = http::client(&options.url)?;
+        let lean = http::Lean::new(&options.url);
         let transport = options.transport;
         let recovers = options.reconnect_timeout.is_some();
         let shared = Arc::new(Shared {
             http,
+            lean,
             options,
             out,
             pending: Mutex::new(HashMap::new()),

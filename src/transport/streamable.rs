@@ -22,7 +22,7 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use tracing::{debug, warn};
 
-use super::http::{self, cause, EventStream, StreamError};
+use super::http::{self, any_cause, cause, EventStream, SendError, StreamError};
 use super::{Failure, Shared};
 use crate::jsonrpc::{method, Id, Kind, Message};
 
@@ -161,7 +161,7 @@ impl Session {
 
     /// POSTs `message`; says too whether it went with a daemon session id (read once, so a
     /// recovery resetting the session meanwhile cannot make a lost session look like none).
-    async fn post(&self, message: &Message) -> (Result<reqwest::Response, reqwest::Error>, bool) {
+    async fn post(&self, message: &Message) -> (Result<reqwest::Response, SendError>, bool) {
         let is_initialize = message.is_request() && message.method() == Some(method::INITIALIZE);
         if is_initialize {
             *self.initialize_id.lock().unwrap_or_else(|e| e.into_inner()) = message.id().cloned();
@@ -527,7 +527,7 @@ impl Session {
                     return self.shared.fail(id, &Failure::StreamEnded(why)).await;
                 }
                 Err(e) => {
-                    let why = format!("{how}, and resuming it failed ({})", cause(&e));
+                    let why = format!("{how}, and resuming it failed ({})", e.cause());
                     return self.shared.fail(id, &Failure::StreamEnded(why)).await;
                 }
             };
@@ -678,12 +678,12 @@ impl Session {
                 }
                 Err(e) if e.is_connect() && local_resource(&e).is_none() => {
                     // The daemon is gone: get it back now rather than at the next request.
-                    debug!("GET stream failed: {}", cause(&e));
+                    debug!("GET stream failed: {}", e.cause());
                     self.shared.trigger_recovery();
                     return;
                 }
                 Err(e) => {
-                    debug!("GET stream failed: {}", cause(&e));
+                    debug!("GET stream failed: {}", e.cause());
                     failures += 1;
                 }
             }
@@ -719,7 +719,7 @@ impl Session {
             .await
         {
             Ok(r) => debug!("DELETE session: HTTP {}", r.status()),
-            Err(e) => debug!("DELETE session failed: {}", cause(&e)),
+            Err(e) => debug!("DELETE session failed: {}", e.cause()),
         }
     }
 }
@@ -754,24 +754,24 @@ fn error_of(reply: &Message) -> Option<(i64, String)> {
 /// sends when data arrives for a socket whose process is gone (a daemon killed while this
 /// request went out on a kept-alive connection), whereas a server that read the request and
 /// then died closes the connection normally, and that request may have run.
-pub(crate) fn failure_of(error: &reqwest::Error) -> Failure {
+pub(crate) fn failure_of(error: &SendError) -> Failure {
     if let Some(cause) = local_resource(error) {
         // The daemon may be perfectly well: never start a recovery for this.
         Failure::LocalResource(cause)
     } else if is_tls(error) {
         // Waiting will not make a certificate trusted: no recovery for this one.
-        Failure::Tls(cause(error))
+        Failure::Tls(error.cause())
     } else if error.is_connect() || was_reset(error) {
-        Failure::Unreachable(cause(error))
+        Failure::Unreachable(error.cause())
     } else {
-        Failure::StreamEnded(format!("the connection broke ({})", cause(error)))
+        Failure::StreamEnded(format!("the connection broke ({})", error.cause()))
     }
 }
 
 /// The cause, when the error is this process running out of something (file descriptors,
 /// memory, local ports) rather than anything the daemon did.
-pub(crate) fn local_resource(error: &reqwest::Error) -> Option<String> {
-    let exhausted = any_cause(error, |e| {
+pub(crate) fn local_resource(error: &SendError) -> Option<String> {
+    let exhausted = any_cause(error.error(), |e| {
         e.downcast_ref::<std::io::Error>().is_some_and(|io| {
             crate::platform::is_out_of_descriptors(io)
                 || matches!(
@@ -780,15 +780,15 @@ pub(crate) fn local_resource(error: &reqwest::Error) -> Option<String> {
                 )
         })
     });
-    exhausted.then(|| cause(error))
+    exhausted.then(|| error.cause())
 }
 
-fn is_tls(error: &reqwest::Error) -> bool {
-    any_cause(error, |e| e.is::<rustls::Error>())
+fn is_tls(error: &SendError) -> bool {
+    any_cause(error.error(), |e| e.is::<rustls::Error>())
 }
 
-fn was_reset(error: &reqwest::Error) -> bool {
-    any_cause(error, |e| {
+fn was_reset(error: &SendError) -> bool {
+    any_cause(error.error(), |e| {
         e.downcast_ref::<std::io::Error>().is_some_and(|io| {
             matches!(
                 io.kind(),
@@ -798,26 +798,159 @@ fn was_reset(error: &reqwest::Error) -> bool {
     })
 }
 
-/// Whether `test` holds for the error or anything it wraps. An `io::Error` hides the error it
-/// wraps from `source()`, so that one is looked into as well.
-fn any_cause(
-    error: &(dyn std::error::Error + 'static),
-    test: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
-) -> bool {
-    let mut pending = vec![error];
-    while let Some(e) = pending.pop() {
-        if test(e) {
-            return true;
-        }
-        if let Some(inner) = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            pending.push(inner);
-        }
-        if let Some(source) = e.source() {
-            pending.push(source);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Reads one request (head and a `Content-Length` body) from `stream`.
+    async fn read_request(stream: &mut TcpStream) -> String {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "the client closed before sending a whole request");
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if seen.len() >= end + 4 + length {
+                    return text;
+                }
+            }
         }
     }
-    false
+
+    fn post(client: &reqwest::Client, url: &url::Url) -> reqwest::Request {
+        client
+            .post(url.clone())
+            .header(CONTENT_TYPE, http::JSON)
+            .header(ACCEPT, http::ACCEPT_BOTH)
+            .header(SESSION_ID, "session-1")
+            .header(PROTOCOL_VERSION, "2025-06-18")
+            .header("x-custom", "custom value")
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+            .build()
+            .expect("request")
+    }
+
+    /// The same request sent by reqwest and by the lean client, as `failure_of` sees it.
+    async fn failures(url: &url::Url) -> (String, String) {
+        let client = http::client(url).expect("client");
+        let lean = http::Lean::new(url).expect("a loopback http URL gets the lean client");
+        let by_reqwest = client
+            .execute(post(&client, url))
+            .await
+            .map(|_| ())
+            .expect_err("reqwest got an answer");
+        let by_lean = lean
+            .execute(post(&client, url))
+            .await
+            .map(|_| ())
+            .expect_err("the lean client got an answer");
+        (
+            format!("{:?}", failure_of(&SendError::Reqwest(by_reqwest))),
+            format!("{:?}", failure_of(&SendError::Lean(by_lean))),
+        )
+    }
+
+    #[tokio::test]
+    async fn lean_refused_connection_fails_as_with_reqwest() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let url = url::Url::parse(&format!("http://127.0.0.1:{port}/mcp")).expect("url");
+        let (by_reqwest, by_lean) = failures(&url).await;
+        assert!(by_reqwest.starts_with("Unreachable("), "{by_reqwest}");
+        assert_eq!(by_lean, by_reqwest);
+    }
+
+    #[tokio::test]
+    async fn lean_reset_connection_fails_as_with_reqwest() {
+        // A daemon killed while a request comes in: the kernel answers with a reset.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                read_request(&mut stream).await;
+                stream.set_zero_linger().expect("linger");
+                drop(stream);
+            }
+        });
+        let url = url::Url::parse(&format!("http://127.0.0.1:{port}/mcp")).expect("url");
+        let (by_reqwest, by_lean) = failures(&url).await;
+        assert!(by_reqwest.starts_with("Unreachable("), "{by_reqwest}");
+        assert_eq!(by_lean, by_reqwest);
+        server.await.expect("server");
+    }
+
+    #[tokio::test]
+    async fn lean_request_carries_the_session_headers_and_body() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let request = read_request(&mut stream).await;
+            let answer = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nmcp-session-id: s\r\ncontent-length: {}\r\n\r\n",
+                answer.len()
+            );
+            stream.write_all(head.as_bytes()).await.expect("write");
+            stream.write_all(answer.as_bytes()).await.expect("write");
+            request
+        });
+        let url = url::Url::parse(&format!("http://127.0.0.1:{port}/mcp")).expect("url");
+        let client = http::client(&url).expect("client");
+        let lean = http::Lean::new(&url).expect("lean");
+        let request = post(&client, &url);
+        assert!(lean.takes(&request));
+        let response = lean.execute(request).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.url(), &url);
+        assert!(http::is_json(&response));
+        assert_eq!(response.headers()[SESSION_ID], "s");
+        let body = http::read_body(response, 1024).await.expect("body");
+        assert_eq!(&body[..], br#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+
+        let request = server.await.expect("server").to_ascii_lowercase();
+        let (head, body) = request.split_once("\r\n\r\n").expect("head");
+        let lines: Vec<&str> = head.lines().collect();
+        assert_eq!(lines[0], "post /mcp http/1.1");
+        for wanted in [
+            format!("host: 127.0.0.1:{port}"),
+            "content-type: application/json".to_owned(),
+            "accept: application/json, text/event-stream".to_owned(),
+            "mcp-session-id: session-1".to_owned(),
+            "mcp-protocol-version: 2025-06-18".to_owned(),
+            "x-custom: custom value".to_owned(),
+            "content-length: 40".to_owned(),
+        ] {
+            assert!(
+                lines.contains(&wanted.as_str()),
+                "{wanted} missing: {lines:?}"
+            );
+        }
+        assert_eq!(body, r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+    }
+
+    #[test]
+    fn lean_only_for_loopback_http() {
+        let lean = |u: &str| http::Lean::new(&url::Url::parse(u).expect("url")).is_some();
+        assert!(lean("http://127.0.0.1:1/mcp"));
+        assert!(lean("http://localhost:1/mcp"));
+        assert!(lean("http://[::1]:1/mcp"));
+        assert!(!lean("https://127.0.0.1:1/mcp"));
+        assert!(!lean("http://example.com/mcp"));
+        assert!(!lean("http://10.0.0.1:1/mcp"));
+    }
 }
