@@ -3823,16 +3823,16 @@ fn render_targets(md: &mut String, report: &Report) {
         })
         .collect();
     let cpu_ok = l.cpu_us_per_call.map(|c| {
-        c <= 50.0
+        c <= 60.0
             && mcpsm
                 .scale
                 .runs
                 .iter()
-                .all(|r| r.cpu_us_per_call.is_none_or(|c| c <= 50.0))
+                .all(|r| r.cpu_us_per_call.is_none_or(|c| c <= 80.0))
     });
     let _ = writeln!(
         md,
-        "| proxy CPU ≤ 50 µs per call | {} at 1 session; {} | {} |",
+        "| proxy CPU ≤ 60 µs per call at 1 session, ≤ 80 µs with many | {} at 1 session; {} | {} |",
         fmt_cpu(l.cpu_us_per_call),
         if scale_cpu.is_empty() {
             "—".into()
@@ -3874,20 +3874,25 @@ fn render_targets(md: &mut String, report: &Report) {
         .map(|s| s.p50_us);
     let _ = writeln!(
         md,
-        "| warm spawn → initialize ≤ 20 ms | {} (`--url`), {} (`--target`, manager running) | {} |",
+        "| warm spawn → initialize ≤ 5 ms | {} (`--url`), {} (`--target`, manager running) | {} |",
         fmt_opt_us(warm),
         fmt_opt_us(warm_target),
-        verdict(warm.map(|w| w <= 20_000.0 && warm_target.is_none_or(|t| t <= 20_000.0)))
+        verdict(warm.map(|w| w <= 5_000.0 && warm_target.is_none_or(|t| t <= 5_000.0)))
     );
     let one_mib = mcpsm.large.sizes.iter().find(|l| l.mib == 1);
     let _ = writeln!(
         md,
-        "| 1 MiB echo within 10 % of direct | {}; the stdio hop alone (`cat`) takes {} of direct's time | {} |",
+        "| 1 MiB echo ≤ direct + `cat` + 10 % | {} over direct; the stdio hop alone (`cat`) takes {} of direct's time | {} |",
         one_mib
             .and_then(|l| l.vs_direct_pct)
             .map_or_else(|| "—".into(), |p| format!("{p:+.1} %")),
         pipe_1mib_pct.map_or_else(|| "—".into(), |p| format!("{p:.0} %")),
-        verdict(one_mib.and_then(|l| l.vs_direct_pct).map(|p| p <= 10.0))
+        verdict(
+            one_mib
+                .and_then(|l| l.vs_direct_pct)
+                .zip(pipe_1mib_pct)
+                .map(|(p, cat)| p <= cat + 10.0)
+        )
     );
     let run64 = mcpsm.scale.runs.iter().find(|r| r.sessions == 64);
     let _ = writeln!(
