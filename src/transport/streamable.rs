@@ -888,7 +888,17 @@ mod tests {
         });
         let url = url::Url::parse(&format!("http://127.0.0.1:{port}/mcp")).expect("url");
         let (by_reqwest, by_lean) = failures(&url).await;
-        assert!(by_reqwest.starts_with("Unreachable("), "{by_reqwest}");
+        // Wine (where CI runs the Windows tests) closes a zero-linger socket gracefully
+        // instead of resetting it: the failure is then a stream that ended early.
+        let expected: &[&str] = if cfg!(windows) {
+            &["Unreachable(", "StreamEnded("]
+        } else {
+            &["Unreachable("]
+        };
+        assert!(
+            expected.iter().any(|kind| by_reqwest.starts_with(kind)),
+            "{by_reqwest}"
+        );
         assert_eq!(by_lean, by_reqwest);
         server.await.expect("server");
     }
