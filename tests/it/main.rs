@@ -15,6 +15,7 @@ mod hardening;
 mod host;
 mod ids;
 mod lifecycle;
+mod link_order;
 mod manager;
 mod oauth;
 mod properties;
