@@ -7,8 +7,9 @@
 //! replaying the client's cached `initialize` (under an id of mcpsm's own, so the client never
 //! sees a second answer) and `notifications/initialized`, checks that the protocol version is
 //! the one the client negotiated, and then resends the held messages and those that arrived
-//! meanwhile (queued, bounded). The client is told `*/list_changed` so it refreshes what it
-//! cached. Requests that were in flight when the daemon died get an error with their id;
+//! meanwhile (queued, bounded). A new session its own `notifications/initialized` does not find
+//! (a balancer hashing the session id sent that to another replica) is made again, soon. The
+//! client is told `*/list_changed` so it refreshes what it cached. Requests that were in flight when the daemon died get an error with their id;
 //! answers the client gives to server requests of the dead session are dropped. Sessionless
 //! (2026-07-28) clients have nothing to replay: their requests just wait for the daemon.
 
@@ -23,7 +24,7 @@ use tracing::{debug, info, warn};
 use url::Url;
 
 use super::{Failure, Shared, Upstream};
-use crate::jsonrpc::{Id, Kind, Message};
+use crate::jsonrpc::{method, Id, Kind, Message};
 
 /// Messages that may wait for a recovering daemon.
 const QUEUE_LIMIT: usize = 1024;
@@ -31,13 +32,14 @@ const QUEUE_LIMIT: usize = 1024;
 const MAX_HOLDS: u8 = 3;
 /// How long the replayed `initialize` may take.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
+const PAUSE_MIN: Duration = Duration::from_millis(100);
 const PAUSE_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 pub(super) struct State {
-    /// A recovery has been asked for.
+    /// A recovery has been asked for: new messages are queued from now on.
     needed: bool,
-    /// A recovery is running: new messages are queued.
+    /// A recovery is running.
     recovering: bool,
     /// Messages that failed to reach a live session, to resend in order.
     held: Vec<Message>,
@@ -45,6 +47,9 @@ pub(super) struct State {
     queued: VecDeque<Message>,
     /// Set when the daemon came back speaking another protocol version: nothing will work.
     broken: Option<String>,
+    /// A `notifications/initialized` found no session: the one just made is unusable already
+    /// (a balancer that hashes the session id routed it to a replica that does not know it).
+    initialized_lost: bool,
 }
 
 pub(super) enum Queued {
@@ -65,6 +70,15 @@ impl Shared {
         }
         if let Some(why) = &Self::lock(&self.recovery).broken {
             return Err(Some(why.clone()));
+        }
+        if message.method() == Some(method::INITIALIZED) {
+            // Never resent: every recovery replays the client's own after its `initialize`.
+            let mut state = Self::lock(&self.recovery);
+            state.initialized_lost = true;
+            state.needed = true;
+            drop(state);
+            self.wake_recovery.notify_one();
+            return Ok(());
         }
         if let (Kind::Request, Some(id)) = (message.kind(), message.id()) {
             let mut pending = self.pending();
@@ -103,7 +117,8 @@ impl Shared {
         if let Some(why) = &state.broken {
             return Queued::Refused(message, why.clone());
         }
-        if !state.recovering {
+        // Once a recovery is asked for, a message sent now would meet the lost session too.
+        if !state.recovering && !state.needed {
             return Queued::No(message);
         }
         if state.queued.len() >= QUEUE_LIMIT {
@@ -183,8 +198,11 @@ pub(super) async fn run(upstream: Weak<Upstream>, shared: Arc<Shared>) {
 }
 
 enum Attempt {
-    /// Try again after a pause.
+    /// Try again after a pause, longer each time.
     Retry(String),
+    /// The daemon answered but its new session was routed away: try again after a short
+    /// pause (a balancer hashing the session id lands it right 1 time in N).
+    Misrouted(String),
     /// Give up: nothing will work with this daemon.
     Fatal(String),
 }
@@ -196,7 +214,7 @@ impl Upstream {
         let label = shared.options.label.clone();
         info!("{label} went away; reconnecting (for at most {limit:?})");
         let started = Instant::now();
-        let mut pause = Duration::from_millis(100);
+        let mut pause = PAUSE_MIN;
         let outcome = loop {
             let attempt = match &shared.hooks.ensure {
                 Some(ensure) => match ensure().await {
@@ -205,10 +223,11 @@ impl Upstream {
                 },
                 None => self.reestablish().await,
             };
-            let why = match attempt {
+            let (why, backoff) = match attempt {
                 Ok(()) => break Ok(()),
                 Err(Attempt::Fatal(why)) => break Err((why, true)),
-                Err(Attempt::Retry(why)) => why,
+                Err(Attempt::Retry(why)) => (why, true),
+                Err(Attempt::Misrouted(why)) => (why, false),
             };
             let left = limit.saturating_sub(started.elapsed());
             if left.is_zero() {
@@ -218,11 +237,14 @@ impl Upstream {
                 ));
             }
             debug!("{label} not back yet: {why}");
+            let wait = if backoff { pause } else { PAUSE_MIN };
             tokio::select! {
-                () = tokio::time::sleep(pause.min(left)) => {}
+                () = tokio::time::sleep(wait.min(left)) => {}
                 () = shared.shutdown.cancelled() => return,
             }
-            pause = (pause * 2).min(PAUSE_MAX);
+            if backoff {
+                pause = (pause * 2).min(PAUSE_MAX);
+            }
         };
         let messages: Vec<Message> = {
             let mut state = Shared::lock(&shared.recovery);
@@ -323,7 +345,14 @@ impl Upstream {
             )));
         }
         if let Some(initialized) = initialized {
+            Shared::lock(&shared.recovery).initialized_lost = false;
             self.dispatch(initialized).await;
+            if std::mem::take(&mut Shared::lock(&shared.recovery).initialized_lost) {
+                // Resending now would meet the same 404: make another session instead.
+                return Err(Attempt::Misrouted(
+                    "the new session was unknown to its next request (HTTP 404; a load balancer routing it to another replica?)".to_owned(),
+                ));
+            }
         }
         Ok(())
     }

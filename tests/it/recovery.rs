@@ -23,6 +23,9 @@ struct Forgetful {
     lost: StatusCode,
     /// The protocol version answered after the first forget.
     version_after: &'static str,
+    /// The sessions of this many first `initialize`s are unknown from the start, as when a
+    /// balancer sends a session's next requests to another replica.
+    routed_away: AtomicUsize,
 }
 
 fn forgetful_daemon(lost: StatusCode, version_after: &'static str) -> (Fake, Arc<Forgetful>) {
@@ -32,6 +35,7 @@ fn forgetful_daemon(lost: StatusCode, version_after: &'static str) -> (Fake, Arc
         forget: AtomicBool::new(false),
         lost,
         version_after,
+        routed_away: AtomicUsize::new(0),
     });
     let daemon = state.clone();
     let fake = Fake::start(mcp_router(move |message: Value, headers: HeaderMap| {
@@ -42,7 +46,9 @@ fn forgetful_daemon(lost: StatusCode, version_after: &'static str) -> (Fake, Arc
         if message["method"] == "initialize" {
             let n = state.next.fetch_add(1, Ordering::SeqCst);
             let id = format!("session-{n}");
-            state.sessions.lock().expect("lock").insert(id.clone());
+            if n >= state.routed_away.load(Ordering::SeqCst) {
+                state.sessions.lock().expect("lock").insert(id.clone());
+            }
             let version = if n == 0 {
                 "2025-06-18"
             } else {
@@ -143,6 +149,56 @@ fn a_404_for_the_session_is_recovered_by_replaying_initialize() {
 #[test]
 fn a_400_that_speaks_of_the_session_is_recovered_by_replaying_initialize() {
     recovers_transparently(StatusCode::BAD_REQUEST);
+}
+
+/// A balancer that only hashes the session id (nginx OSS) sends `initialize` round-robin and
+/// the session's next requests wherever the id hashes, so a new session is often unknown to
+/// its very next request. The proxy makes sessions until one sticks: no call fails however
+/// many tries it takes, and nothing is resent into a session already known to be lost.
+#[test]
+fn sessions_a_hashing_balancer_routes_away_are_made_again_until_one_sticks() {
+    let (fake, daemon) = forgetful_daemon(StatusCode::NOT_FOUND, "2025-06-18");
+    daemon.routed_away.store(6, Ordering::SeqCst);
+    let home = TestHome::new();
+    let mut proxy = Proxy::spawn(
+        &home,
+        &["--url", &fake.url, "--transport", "streamable-http"],
+    );
+    proxy.initialize();
+    for id in 1..=3 {
+        proxy.send(&request(id, "tools/list", json!({})));
+    }
+    let mut answered = Vec::new();
+    while answered.len() < 3 {
+        let message = proxy.recv();
+        if message.get("method").is_some() {
+            continue; // the `*/list_changed` after the recovery
+        }
+        assert_eq!(message["result"]["session"], "session-6", "{message}");
+        answered.push(message["id"].as_i64().unwrap_or_default());
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, [1, 2, 3]);
+    assert_eq!(fake.with_rpc_method("initialize").len(), 7);
+    let initialized: Vec<String> = fake
+        .with_rpc_method("notifications/initialized")
+        .iter()
+        .map(|r| r.header("mcp-session-id").unwrap_or("none").to_owned())
+        .collect();
+    let expected: Vec<String> = (0..7).map(|n| format!("session-{n}")).collect();
+    assert_eq!(initialized, expected, "one initialized per session");
+    let calls = fake.with_rpc_method("tools/list");
+    assert!(
+        calls
+            .iter()
+            .all(|r| r.header("mcp-session-id") == Some("session-6")),
+        "calls went only to the session that stuck: {:?}",
+        calls
+            .iter()
+            .map(|r| r.header("mcp-session-id"))
+            .collect::<Vec<_>>()
+    );
+    proxy.assert_silent_for(Duration::from_millis(300));
 }
 
 #[test]

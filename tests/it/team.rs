@@ -281,8 +281,8 @@ fn a_drain_under_load_loses_no_request() {
     let second = start_replica(&home, dir.path(), 2);
     let nginx = start_nginx(dir.path(), &[&first, &second]);
     let mut proxies: Vec<Proxy> = (0..6).map(|_| team_proxy(&home, &nginx)).collect();
-    // All initialized first, then used, as in the other test: a call sent right after its
-    // `initialize` may meet a 404 up to 3 times (see README, hash-only balancers).
+    // nginx hashes the session id: a new session often lands on the other replica, and the
+    // proxy makes sessions until one sticks (see README, hash-only balancers).
     for proxy in &mut proxies {
         proxy.initialize();
     }
