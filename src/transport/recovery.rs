@@ -9,9 +9,10 @@
 //! the one the client negotiated, and then resends the held messages and those that arrived
 //! meanwhile (queued, bounded). A new session its own `notifications/initialized` does not find
 //! (a balancer hashing the session id sent that to another replica) is made again, soon. The
-//! client is told `*/list_changed` so it refreshes what it cached. Requests that were in flight when the daemon died get an error with their id;
-//! answers the client gives to server requests of the dead session are dropped. Sessionless
-//! (2026-07-28) clients have nothing to replay: their requests just wait for the daemon.
+//! client is told `*/list_changed` so it refreshes what it cached. Requests that were in flight
+//! when the daemon died get an error with their id; answers the client gives to server requests
+//! of the dead session are dropped. Sessionless (2026-07-28) clients have nothing to replay:
+//! their requests just wait for the daemon.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
